@@ -1,0 +1,5 @@
+"""`python -m dqn_cli` runs the `dqn` command."""
+
+from dqn_cli.cli import main
+
+main()

@@ -1,0 +1,90 @@
+"""The DQN agent: epsilon-greedy acting and the TD update of Mnih et al. (2015)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dqn_cli.config import Hyperparameters
+from dqn_cli.replay import Batch
+
+
+def greedy_actions(q_network: nn.Module, obs: np.ndarray, device: torch.device) -> np.ndarray:
+    """argmax_a Q(obs, a) for a batch of observations, without building an autograd graph."""
+    with torch.inference_mode():
+        q_values = q_network(torch.as_tensor(obs, device=device))
+    return q_values.argmax(dim=1).cpu().numpy()
+
+
+def epsilon_greedy(
+    q_network: nn.Module,
+    obs: np.ndarray,
+    epsilon: float,
+    n_actions: int,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> np.ndarray:
+    """Each env independently takes a uniform random action with probability ``epsilon``."""
+    n = len(obs)
+    explore = rng.random(n) < epsilon
+    random_actions = rng.integers(0, n_actions, size=n)
+    if explore.all():
+        return random_actions
+    return np.where(explore, random_actions, greedy_actions(q_network, obs, device))
+
+
+class DQNAgent:
+    """Online and target Q-networks with the optimizer that trains the online one."""
+
+    def __init__(self, q_network: nn.Module, hp: Hyperparameters, device: torch.device) -> None:
+        self.hp = hp
+        self.device = device
+        self.online = q_network.to(device)
+        self.target = copy.deepcopy(self.online).requires_grad_(False)
+        # fused: one kernel for all parameters, the cheapest Adam step on CPU and GPU alike
+        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=hp.learning_rate, fused=True)
+        self.loss_fn = F.smooth_l1_loss if hp.loss == "huber" else F.mse_loss
+
+    def _to_device(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        return tuple(
+            torch.as_tensor(array, device=self.device)
+            for array in (batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated)
+        )
+
+    def td_targets(
+        self, rewards: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor
+    ) -> torch.Tensor:
+        """y = r + gamma * (1 - terminated) * Q_target(s', a*); a* = argmax Q_target (Q_online if Double)."""
+        with torch.no_grad():
+            next_q_target = self.target(next_obs)
+            if self.hp.double_q:
+                best_next = self.online(next_obs).argmax(dim=1, keepdim=True)
+            else:
+                best_next = next_q_target.argmax(dim=1, keepdim=True)
+            next_value = next_q_target.gather(1, best_next).squeeze(1)
+            return rewards + self.hp.gamma * (1.0 - terminated) * next_value
+
+    def update(self, batch: Batch) -> torch.Tensor:
+        """One gradient step on the TD loss; returns the loss (detached) for logging."""
+        obs, actions, rewards, next_obs, terminated = self._to_device(batch)
+        targets = self.td_targets(rewards, next_obs, terminated)
+        q_taken = self.online(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
+        loss = self.loss_fn(q_taken, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.online.parameters(), self.hp.max_grad_norm)
+        self.optimizer.step()
+        return loss.detach()
+
+    def update_target(self) -> None:
+        """theta_target <- tau * theta_online + (1 - tau) * theta_target; tau = 1 is the paper's hard copy."""
+        with torch.no_grad():
+            for target, online in zip(self.target.parameters(), self.online.parameters(), strict=True):
+                if self.hp.tau >= 1.0:
+                    target.copy_(online)  # exact copy: lerp with weight 1 can round
+                else:
+                    target.lerp_(online, self.hp.tau)

@@ -1,0 +1,226 @@
+"""The `dqn` command line: parse, call the library, print. Heavy imports (torch, gymnasium) happen inside
+commands so `dqn --help` stays fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    name="dqn",
+    help="Train, evaluate and record Deep Q-Network agents on gymnasium games.\n\n"
+    "Start with `dqn train CartPole-v1`, then `dqn eval` and `dqn record` on the newest run.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+RunOrModel = Annotated[
+    Path | None,
+    typer.Argument(
+        help="A run folder (uses its best.safetensors, else model.safetensors) or a .safetensors model file. "
+        "Default: the newest run under ./runs.",
+        show_default=False,
+    ),
+]
+Device = Annotated[str, typer.Option(help="Where the network runs: auto (CUDA if present), cpu or cuda.")]
+Final = Annotated[
+    bool,
+    typer.Option(
+        "--final", help="Use the weights at the end of training instead of the best-evaluated ones."
+    ),
+]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a UserError into one line on stderr and exit code 2, never a traceback."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from dqn_cli.errors import UserError
+
+        try:
+            return command(*args, **kwargs)
+        except UserError as exc:
+            _fail(str(exc))
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def train(
+    env_id: Annotated[
+        str, typer.Argument(help="Gymnasium id of the game, e.g. CartPole-v1 or LunarLander-v3.")
+    ],
+    seed: Annotated[
+        int, typer.Option(help="Seeds every random source; same seed on CPU gives the same run.")
+    ] = 0,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Environment steps to train for (overrides the preset's n_timesteps).", min=1),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML file of hyperparameters applied over the preset (a run's config.toml works too)."
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override one hyperparameter, key=value with SB3 / RL Zoo names, e.g. "
+            "--set learning_rate=1e-3 --set net_arch=[128,128]. Repeatable; applied last.",
+        ),
+    ] = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for this run (must be new or empty). Default: runs/<env-id>/<time>-s<seed>."
+        ),
+    ] = None,
+    device: Device = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+) -> None:
+    """Train a DQN agent with the game's tuned preset (see `dqn presets`) and save the run folder."""
+    from dqn_cli import config as cfg
+    from dqn_cli.training import TrainingDiverged
+    from dqn_cli.training import train as run_training
+
+    sets = list(set_ or [])
+    if steps is not None:
+        sets.append(f"n_timesteps={steps}")
+    preset, hp = cfg.resolve(env_id, config, sets)
+    try:
+        result = run_training(
+            env_id, hp, seed=seed, preset=preset, run_dir=run_dir, device=device, quiet=quiet
+        )
+    except TrainingDiverged as exc:
+        _fail(f"{exc}; the models saved before it are kept", code=1)
+    if not quiet:
+        best = "-" if result.best_eval is None else f"{result.best_eval:.1f}"
+        typer.echo(f"Trained {result.steps:,} steps in {result.wall_time:.1f}s; best eval return {best}")
+        typer.echo(f"Run saved in {result.run_dir}")
+        typer.echo(f"Next: dqn eval {result.run_dir}  |  dqn record {result.run_dir}")
+
+
+def _load(run_or_model: Path | None, final: bool, device: str):
+    from dqn_cli.evaluation import load_trained
+
+    return load_trained(run_or_model, final, device)
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    run_or_model: RunOrModel = None,
+    episodes: Annotated[int, typer.Option(help="Number of episodes to play.", min=1)] = 10,
+    epsilon: Annotated[
+        float, typer.Option(help="Probability of a random action (0 = greedy).", min=0.0, max=1.0)
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the evaluation episodes.")] = 0,
+    json_: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print one JSON object: env_id, episodes, mean_return, std_return, returns."
+        ),
+    ] = False,
+    render: Annotated[
+        bool, typer.Option("--render", help="Show the game in a window while it plays.")
+    ] = False,
+    final: Final = False,
+    device: Device = "auto",
+) -> None:
+    """Play greedy episodes with a trained model and report the returns."""
+    import numpy as np
+
+    from dqn_cli.evaluation import evaluate, make_policy, play_rendered
+
+    trained = _load(run_or_model, final, device)
+    policy = make_policy(trained.q_network, trained.n_actions, epsilon, seed, trained.device)
+    if render:
+        returns = play_rendered(policy, trained.env_id, episodes, seed)
+    else:
+        returns = evaluate(policy, trained.env_id, episodes, seed)
+    summary = {
+        "env_id": trained.env_id,
+        "episodes": episodes,
+        "mean_return": float(np.mean(returns)),
+        "std_return": float(np.std(returns)),
+        "min_return": float(np.min(returns)),
+        "max_return": float(np.max(returns)),
+        "returns": returns,
+        "model": str(trained.path),
+    }
+    if json_:
+        typer.echo(json.dumps(summary))
+        return
+    typer.echo(
+        f"{trained.env_id} ({trained.path}), {episodes} episodes: "
+        f"{summary['mean_return']:.2f} ± {summary['std_return']:.2f} "
+        f"(min {summary['min_return']:.2f}, max {summary['max_return']:.2f})"
+    )
+
+
+@app.command()
+@user_errors
+def record(
+    run_or_model: RunOrModel = None,
+    episodes: Annotated[int, typer.Option(help="Number of episodes to film.", min=1)] = 1,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Video file, .mp4 or .gif. A bare file name goes into the run's videos/ folder. "
+            "Default: videos/<model>-<time>.mp4."
+        ),
+    ] = None,
+    epsilon: Annotated[float, typer.Option(help="Probability of a random action.", min=0.0, max=1.0)] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the filmed episodes.")] = 0,
+    final: Final = False,
+    device: Device = "auto",
+) -> None:
+    """Film greedy episodes of a trained model to an mp4 or gif and print its path."""
+    from dqn_cli.evaluation import make_policy, record_video, video_path
+
+    trained = _load(run_or_model, final, device)
+    path = video_path(trained.path, out)
+    policy = make_policy(trained.q_network, trained.n_actions, epsilon, seed, trained.device)
+    returns, frames = record_video(policy, trained.env_id, episodes, seed, path)
+    typer.echo(str(path))
+    print(f"{frames} frames, returns {', '.join(f'{r:.1f}' for r in returns)}", file=sys.stderr)
+
+
+@app.command()
+@user_errors
+def presets(
+    keys: Annotated[
+        bool, typer.Option("--keys", help="List every hyperparameter key with its default.")
+    ] = False,
+) -> None:
+    """List the shipped presets (env ids with tuned hyperparameters), or the hyperparameter keys."""
+    from dqn_cli import config as cfg
+
+    if keys:
+        defaults = cfg.Hyperparameters().to_dict()
+        for name, doc in cfg.Hyperparameters.docs().items():
+            typer.echo(f"{name:24} {defaults[name]!s:12} {doc}")
+        return
+    for name in cfg.available_presets():
+        typer.echo(name)
+
+
+def main() -> None:
+    app()

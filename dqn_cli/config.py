@@ -1,0 +1,245 @@
+"""Hyperparameters, their validation, and the TOML presets shipped with the package.
+
+Names follow Stable-Baselines3 / RL Zoo so a Zoo preset can be ported verbatim. A value is resolved in
+layers: built-in defaults, then the env's preset, then ``--config FILE``, then each ``--set key=value``.
+Everything is checked before a run folder is created, so bad input never leaves files behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from dqn_cli.errors import UserError
+
+DEFAULT_PRESET = "default"
+
+
+def _positive(x: float) -> bool:
+    return x > 0
+
+
+def _non_negative(x: float) -> bool:
+    return x >= 0
+
+
+def _unit_interval(x: float) -> bool:
+    return 0.0 <= x <= 1.0
+
+
+def _tau_range(x: float) -> bool:
+    return 0.0 < x <= 1.0
+
+
+def _gradient_steps_range(x: int) -> bool:
+    return x >= 1 or x == -1
+
+
+def _layer_sizes(x: list[int]) -> bool:
+    return len(x) >= 1 and all(n >= 1 for n in x)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one hyperparameter is typed and bounded; ``describe`` is what error messages quote."""
+
+    kind: type
+    check: Callable[[Any], bool] | None = None
+    describe: str = ""
+    choices: tuple[str, ...] = ()
+
+
+def _hp(default: Any, rule: Rule, doc: str) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"rule": rule, "doc": doc})
+    return field(default=default, metadata={"rule": rule, "doc": doc})
+
+
+POSITIVE_INT = Rule(int, _positive, "an integer > 0")
+NON_NEGATIVE_INT = Rule(int, _non_negative, "an integer >= 0")
+POSITIVE_FLOAT = Rule(float, _positive, "a number > 0")
+UNIT_FLOAT = Rule(float, _unit_interval, "a number in [0, 1]")
+
+
+@dataclass
+class Hyperparameters:
+    """Everything that shapes learning. Defaults are Stable-Baselines3's DQN defaults unless noted."""
+
+    n_timesteps: int = _hp(100_000, POSITIVE_INT, "total environment steps to train for")
+    learning_rate: float = _hp(1e-4, POSITIVE_FLOAT, "Adam step size")
+    buffer_size: int = _hp(1_000_000, POSITIVE_INT, "replay buffer capacity in transitions")
+    learning_starts: int = _hp(100, NON_NEGATIVE_INT, "env steps of uniformly random play before learning")
+    batch_size: int = _hp(32, POSITIVE_INT, "transitions per gradient step")
+    tau: float = _hp(
+        1.0, Rule(float, _tau_range, "a number in (0, 1]"), "target update coefficient; 1 = copy"
+    )
+    gamma: float = _hp(0.99, UNIT_FLOAT, "discount factor")
+    train_freq: int = _hp(4, POSITIVE_INT, "env steps between training phases")
+    gradient_steps: int = _hp(
+        1,
+        Rule(int, _gradient_steps_range, "an integer >= 1, or -1"),
+        "gradient steps per training phase; -1 = as many as env steps collected since the last phase",
+    )
+    target_update_interval: int = _hp(10_000, POSITIVE_INT, "env steps between target-network updates")
+    exploration_fraction: float = _hp(0.1, UNIT_FLOAT, "fraction of n_timesteps over which epsilon decays")
+    exploration_initial_eps: float = _hp(1.0, UNIT_FLOAT, "epsilon at the start")
+    exploration_final_eps: float = _hp(0.05, UNIT_FLOAT, "epsilon after the decay")
+    max_grad_norm: float = _hp(10.0, POSITIVE_FLOAT, "gradient-norm clipping threshold")
+    net_arch: list[int] = _hp(
+        [64, 64], Rule(list, _layer_sizes, "a list of layer sizes >= 1, e.g. [256, 256]"), "hidden layers"
+    )
+    double_q: bool = _hp(False, Rule(bool, describe="true or false"), "use Double DQN targets")
+    loss: str = _hp(
+        "huber", Rule(str, describe="one of huber, mse", choices=("huber", "mse")), "TD loss function"
+    )
+    n_envs: int = _hp(1, POSITIVE_INT, "environments stepped in parallel while collecting")
+    eval_freq: int = _hp(10_000, NON_NEGATIVE_INT, "env steps between greedy evaluations; 0 = never")
+    eval_episodes: int = _hp(10, POSITIVE_INT, "episodes per periodic evaluation")
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def docs(cls) -> dict[str, str]:
+        return {f.name: f.metadata["doc"] for f in fields(cls)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def exploration_rate(self, step: int) -> float:
+        """Linear epsilon schedule of Mnih et al.: decay over a fraction of training, then hold."""
+        decay_steps = self.exploration_fraction * self.n_timesteps
+        progress = 1.0 if decay_steps <= 0 else min(step / decay_steps, 1.0)
+        return self.exploration_initial_eps + progress * (
+            self.exploration_final_eps - self.exploration_initial_eps
+        )
+
+
+_RULES: dict[str, Rule] = {f.name: f.metadata["rule"] for f in fields(Hyperparameters)}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Return ``value`` as the type ``key`` needs, or raise a one-line UserError naming key and rule."""
+    rule = _RULES[key]
+    bad = UserError(f"invalid value for {key}: {value!r} (expected {rule.describe})")
+    if rule.kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if rule.kind is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)  # RL Zoo writes n_timesteps = 1e5
+        if not isinstance(value, int):
+            raise bad
+    elif rule.kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise bad
+        value = float(value)
+    elif rule.kind is list:
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise bad
+    elif rule.kind is str and (not isinstance(value, str) or (rule.choices and value not in rule.choices)):
+        raise bad
+    if rule.check is not None and not rule.check(value):
+        raise bad
+    return value
+
+
+def _unknown_key(key: str) -> UserError:
+    close = difflib.get_close_matches(key, Hyperparameters.names(), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return UserError(f"unknown hyperparameter {key!r}{hint}; see `dqn presets --keys`")
+
+
+def apply_overrides(hp: Hyperparameters, overrides: Mapping[str, Any]) -> Hyperparameters:
+    """A copy of ``hp`` with ``overrides`` validated and applied."""
+    values = hp.to_dict()
+    for key, value in overrides.items():
+        if key not in _RULES:
+            raise _unknown_key(key)
+        values[key] = _coerce(key, value)
+    result = Hyperparameters(**values)
+    if result.exploration_final_eps > result.exploration_initial_eps:
+        raise UserError(
+            "invalid value for exploration_final_eps: must not exceed exploration_initial_eps "
+            f"({result.exploration_final_eps} > {result.exploration_initial_eps})"
+        )
+    return result
+
+
+def parse_set_option(item: str) -> tuple[str, Any]:
+    """Parse one ``--set key=value``; the value is read as TOML (``1e-3``, ``[64, 64]``, ``true``)."""
+    key, sep, raw = item.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+        raise UserError(f"--set expects key=value, got {item!r}")
+    try:
+        value = tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word such as `mse`
+    return key, value
+
+
+# ---------------------------------------------------------------------------------------------- presets
+
+
+def preset_name_for(env_id: str) -> str:
+    """Presets are files named after the env id ('/' becomes '-'); ids without one use ``default``."""
+    name = env_id.replace("/", "-")
+    return name if name in available_presets() else DEFAULT_PRESET
+
+
+def available_presets() -> list[str]:
+    folder = resources.files("dqn_cli") / "presets"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def _read_toml(text: str, origin: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{origin} is not valid TOML: {exc}") from None
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    if name not in available_presets():
+        raise UserError(f"no preset named {name!r}; available: {', '.join(available_presets())}")
+    text = (resources.files("dqn_cli") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
+    return _read_toml(text, f"preset {name}")
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a ``--config`` file: a flat preset, or a run's ``config.toml`` (its [hyperparameters] table)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
+    data = _read_toml(text, f"config file {path}")
+    if isinstance(data.get("hyperparameters"), dict):
+        return data["hyperparameters"]
+    return data
+
+
+def resolve(
+    env_id: str, config_file: Path | None = None, sets: list[str] | None = None
+) -> tuple[str, Hyperparameters]:
+    """The preset's name and the fully validated hyperparameters for a training run."""
+    preset = preset_name_for(env_id)
+    hp = apply_overrides(Hyperparameters(), load_preset(preset))
+    if config_file is not None:
+        hp = apply_overrides(hp, load_config_file(config_file))
+    if sets:
+        hp = apply_overrides(hp, dict(parse_set_option(item) for item in sets))
+    return preset, hp

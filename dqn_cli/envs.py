@@ -1,0 +1,93 @@
+"""Environment construction: id validation, vectorized training/eval envs, render-mode envs."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode
+
+from dqn_cli.errors import UserError
+
+
+def _registered_ids() -> list[str]:
+    return list(gym.registry.keys())
+
+
+def check_env_id(env_id: str) -> None:
+    """Fail with one line (and close matches) when ``env_id`` is not a registered gymnasium id."""
+    if env_id in gym.registry:
+        return
+    close = difflib.get_close_matches(env_id, _registered_ids(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise UserError(f"unknown environment id {env_id!r}{hint}")
+
+
+def _check_spaces(env_id: str, action_space: gym.Space, observation_space: gym.Space) -> None:
+    if not isinstance(action_space, gym.spaces.Discrete):
+        raise UserError(
+            f"{env_id} has a {type(action_space).__name__} action space; DQN needs a Discrete one "
+            "(one Q-value per action)"
+        )
+    if not isinstance(observation_space, gym.spaces.Box):
+        raise UserError(
+            f"{env_id} has a {type(observation_space).__name__} observation space; dqn supports Box"
+        )
+
+
+def make_vector_env(env_id: str, n_envs: int) -> gym.vector.VectorEnv:
+    """Vector env that resets finished episodes in the same step and reports the true final observation.
+
+    Same-step autoreset keeps one transition per env step, as Stable-Baselines3 counts them; the final
+    observation (in ``info["final_obs"]``) is what a time-limit truncation must bootstrap from.
+    """
+    check_env_id(env_id)
+    envs = gym.make_vec(
+        env_id,
+        num_envs=n_envs,
+        vectorization_mode="sync",
+        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+    )
+    _check_spaces(env_id, envs.single_action_space, envs.single_observation_space)
+    return envs
+
+
+def final_observations(next_obs: np.ndarray, infos: dict[str, Any], done: np.ndarray) -> np.ndarray:
+    """The observation each env reached: ``next_obs``, or the pre-reset one where an episode ended."""
+    if not done.any():
+        return next_obs
+    real = next_obs.copy()
+    for i in np.flatnonzero(done):
+        real[i] = infos["final_obs"][i]
+    return real
+
+
+def display_available() -> bool:
+    return sys.platform in ("win32", "darwin") or bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+
+
+def make_single_env(env_id: str, render_mode: str | None = None) -> gym.Env:
+    """One env for watching (``human``) or filming (``rgb_array``) an agent play."""
+    check_env_id(env_id)
+    if render_mode == "human" and not display_available():
+        raise UserError("--render needs a display, and none is available (DISPLAY is not set)")
+    try:
+        env = gym.make(env_id, render_mode=render_mode)
+    except gym.error.DependencyNotInstalled as exc:
+        raise UserError(f"cannot create {env_id}: {str(exc).splitlines()[0]}") from None
+    _check_spaces(env_id, env.action_space, env.observation_space)
+    return env
+
+
+def describe_spaces(observation_space: gym.spaces.Box, action_space: gym.spaces.Discrete) -> dict[str, Any]:
+    """JSON-ready description of the spaces, stored with a model so it is never used on the wrong env."""
+    return {
+        "observation_space": {"shape": list(observation_space.shape), "dtype": str(observation_space.dtype)},
+        "action_space": {"n": int(action_space.n)},
+    }

@@ -1,0 +1,58 @@
+"""Q-networks: observation in, one Q-value per action out.
+
+A network is described by a small JSON-ready spec, stored beside the weights, so a saved model can be
+rebuilt without pickling any Python object.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from dqn_cli.errors import UserError
+
+
+def network_spec(obs_shape: tuple[int, ...], n_actions: int, net_arch: list[int]) -> dict[str, Any]:
+    return {
+        "kind": "mlp",
+        "obs_shape": list(obs_shape),
+        "n_actions": int(n_actions),
+        "net_arch": list(net_arch),
+    }
+
+
+class MLPQNetwork(nn.Module):
+    """Fully connected ReLU network for vector observations (classic control)."""
+
+    def __init__(self, obs_dim: int, n_actions: int, net_arch: list[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = obs_dim
+        for hidden in net_arch:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        layers.append(nn.Linear(width, n_actions))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.layers(obs.flatten(1).float())
+
+
+def build_q_network(spec: dict[str, Any]) -> nn.Module:
+    if spec.get("kind") != "mlp":
+        raise ValueError(f"unknown network kind {spec.get('kind')!r}")
+    return MLPQNetwork(math.prod(spec["obs_shape"]), spec["n_actions"], spec["net_arch"])
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)

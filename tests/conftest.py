@@ -1,0 +1,20 @@
+"""Shared fixtures: a tiny trained CartPole run that several tests reuse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dqn_cli.config import resolve
+from dqn_cli.training import train
+
+TINY = ["n_timesteps=600", "learning_starts=100", "eval_freq=300", "eval_episodes=2", "net_arch=[16]"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    preset, hp = resolve("CartPole-v1", sets=TINY)
+    train("CartPole-v1", hp, seed=3, preset=preset, run_dir=run_dir, device="cpu", quiet=True)
+    return run_dir

@@ -1,0 +1,132 @@
+"""The `dqn` command as a user runs it: real processes, real files, exit codes and stderr."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import pytest
+from PIL import Image, ImageSequence
+
+TINY_SETS = [
+    "--set",
+    "learning_starts=100",
+    "--set",
+    "eval_freq=300",
+    "--set",
+    "eval_episodes=2",
+    "--set",
+    "net_arch=[16]",
+]
+
+
+def dqn(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dqn_cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_train_eval_record_end_to_end(tmp_path: Path):
+    trained = dqn(
+        "train", "CartPole-v1", "--steps", "600", "--seed", "2", "--quiet", *TINY_SETS, cwd=tmp_path
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert trained.stdout == "" and trained.stderr == ""
+    (run,) = (tmp_path / "runs" / "CartPole-v1").iterdir()
+    assert run.name.endswith("-s2") and (run / "best.safetensors").exists()
+
+    evaluated = dqn("eval", "--json", "--episodes", "3", cwd=tmp_path)  # defaults to the newest run
+    assert evaluated.returncode == 0, evaluated.stderr
+    summary = json.loads(evaluated.stdout)
+    assert {"env_id", "episodes", "mean_return", "std_return", "returns"} <= summary.keys()
+    assert summary["env_id"] == "CartPole-v1" and summary["episodes"] == 3 and len(summary["returns"]) == 3
+    assert summary["mean_return"] == pytest.approx(sum(summary["returns"]) / 3)
+
+    text = dqn("eval", str(run), "--episodes", "2", "--final", cwd=tmp_path)
+    assert text.returncode == 0 and "2 episodes" in text.stdout and "±" in text.stdout
+
+    recorded = dqn("record", cwd=tmp_path)
+    assert recorded.returncode == 0, recorded.stderr
+    video = tmp_path / recorded.stdout.strip()
+    assert video.parent == run / "videos" and video.suffix == ".mp4"
+    frames = list(iio.imiter(video))
+    # CartPole pays 1 per step, so the return is the episode length: one frame per step plus the reset frame
+    episode_return = float(recorded.stderr.split("returns ")[1])
+    assert len(frames) == int(episode_return) + 1
+    assert frames[0].shape == (400, 600, 3)
+
+    gif = dqn("record", str(run), "--out", "clip.gif", "--episodes", "2", cwd=tmp_path)
+    assert gif.returncode == 0, gif.stderr
+    assert Path(tmp_path / gif.stdout.strip()) == run / "videos" / "clip.gif"
+    returns = [float(r) for r in gif.stderr.split("returns ")[1].split(",")]
+    # GIF encoders merge identical consecutive frames, so count frames by their total display time
+    with Image.open(run / "videos" / "clip.gif") as clip:
+        shown_ms = sum(frame.info["duration"] for frame in ImageSequence.Iterator(clip))
+    assert shown_ms == pytest.approx(sum(int(r) + 1 for r in returns) * 1000 / 50, rel=0.02)
+    assert not list((run / "videos").glob(".*"))  # no temporary files left
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (
+            ["train", "CartPole-v1", "--set", "lerning_rate=1"],
+            ["unknown hyperparameter 'lerning_rate'", "learning_rate"],
+        ),
+        (["train", "CartPole-v1", "--set", "gamma=2"], ["gamma", "[0, 1]"]),
+        (["train", "CartPole-v1", "--set", "batch_size=many"], ["batch_size", "integer > 0"]),
+        (["train", "CartPol-v1"], ["unknown environment id 'CartPol-v1'", "CartPole-v1"]),
+        (["train", "Pendulum-v1"], ["Pendulum-v1", "Box action space", "Discrete"]),
+        (["train", "CartPole-v1", "--config", "missing.toml"], ["cannot read config file"]),
+        (["eval"], ["no trained run"]),
+        (["record", "nowhere"], ["no such run or model"]),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args, fragments):
+    result = dqn(*args, cwd=tmp_path)
+    assert_one_line_error(result, *fragments)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_render_without_display_fails_cleanly(tiny_run: Path, tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    assert_one_line_error(dqn("eval", str(tiny_run), "--render", cwd=tmp_path, env=env), "display")
+
+
+def test_record_rejects_unknown_video_format(tiny_run: Path, tmp_path: Path):
+    assert_one_line_error(dqn("record", str(tiny_run), "--out", "x.avi", cwd=tmp_path), ".mp4 or .gif")
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        (None, ["train", "eval", "record", "presets"]),
+        ("train", ["--seed", "--steps", "--config", "--set", "--run-dir", "--device", "--quiet"]),
+        ("eval", ["--episodes", "--epsilon", "--seed", "--json", "--render", "--final", "--device"]),
+        ("record", ["--episodes", "--out", "--epsilon", "--seed", "--final", "--device"]),
+    ],
+)
+def test_help_explains_every_option(tmp_path: Path, command, options):
+    result = dqn(*([command] if command else []), "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for option in options:
+        assert option in result.stdout
+    if command:  # every option line carries an explanation
+        assert result.stdout.count("--") >= len(options)
