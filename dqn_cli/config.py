@@ -54,6 +54,7 @@ class Rule:
     check: Callable[[Any], bool] | None = None
     describe: str = ""
     choices: tuple[str, ...] = ()
+    allow_infinity: bool = False
 
 
 def _hp(default: Any, rule: Rule, doc: str) -> Any:
@@ -102,6 +103,11 @@ class Hyperparameters:
     n_envs: int = _hp(1, POSITIVE_INT, "environments stepped in parallel while collecting")
     eval_freq: int = _hp(10_000, NON_NEGATIVE_INT, "env steps between greedy evaluations; 0 = never")
     eval_episodes: int = _hp(10, POSITIVE_INT, "episodes per periodic evaluation")
+    stop_at_eval_return: float = _hp(
+        math.inf,
+        Rule(float, describe="a number, or inf", allow_infinity=True),
+        "stop once a periodic evaluation's mean return reaches this (SB3's StopTrainingOnRewardThreshold)",
+    )
 
     @classmethod
     def names(cls) -> list[str]:
@@ -142,7 +148,9 @@ def _coerce(key: str, value: Any) -> Any:
         if not isinstance(value, int):
             raise bad
     elif rule.kind is float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise bad
+        if math.isinf(value) and not (rule.allow_infinity and value > 0):
             raise bad
         value = float(value)
     elif rule.kind is list:

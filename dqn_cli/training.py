@@ -167,6 +167,8 @@ def _train_loop(envs, env_id, hp, seed, preset, run_dir, device, quiet) -> Train
                             {**model_meta, "step": step, "eval_return": best_eval},
                         )
                 progress.update(step, epsilon, recent_returns, last_eval)
+                if last_eval_step == step and last_eval >= hp.stop_at_eval_return:
+                    break
     finally:
         metrics.close()
     save_model(
