@@ -29,12 +29,13 @@ def epsilon_greedy(
     device: torch.device,
 ) -> np.ndarray:
     """Each env independently takes a uniform random action with probability ``epsilon``."""
-    n = len(obs)
-    explore = rng.random(n) < epsilon
-    random_actions = rng.integers(0, n_actions, size=n)
+    explore = rng.random(len(obs)) < epsilon
     if explore.all():
-        return random_actions
-    return np.where(explore, random_actions, greedy_actions(q_network, obs, device))
+        return rng.integers(0, n_actions, size=len(obs))
+    actions = greedy_actions(q_network, obs, device)
+    if explore.any():
+        actions[explore] = rng.integers(0, n_actions, size=int(explore.sum()))
+    return actions
 
 
 class DQNAgent:

@@ -130,3 +130,18 @@ def test_help_explains_every_option(tmp_path: Path, command, options):
         assert option in result.stdout
     if command:  # every option line carries an explanation
         assert result.stdout.count("--") >= len(options)
+
+
+def test_help_imports_neither_torch_nor_gymnasium(tmp_path: Path):
+    probe = (
+        "import sys\n"
+        "from dqn_cli.cli import app\n"
+        "try:\n"
+        "    app(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in ('torch', 'gymnasium', 'numpy') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
