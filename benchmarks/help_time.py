@@ -1,6 +1,6 @@
 """Wall time of `dqn --help` (median of N runs), which must not import torch or gymnasium.
 
-    python benchmarks/help_time.py --runs 10
+python benchmarks/help_time.py --runs 10
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ def main() -> None:
         subprocess.run(["dqn", "--help"], check=True, stdout=subprocess.DEVNULL)
         walls.append(time.perf_counter() - start)
     lines = [
-        f"`dqn --help`: median {statistics.median(walls):.3f} s, max {max(walls):.3f} s over {args.runs} runs "
-        "(console-script start-up included)."
+        f"`dqn --help`: median {statistics.median(walls):.3f} s, max {max(walls):.3f} s "
+        f"over {args.runs} runs (console-script start-up included)."
     ]
     append_results("dqn --help wall time", lines)
 

@@ -48,6 +48,7 @@ def main() -> None:
     if args.command == "train":
         model = DQN("MlpPolicy", "CartPole-v1", seed=args.seed, verbose=0, **RL_ZOO_CARTPOLE)
         model.learn(RL_ZOO_CARTPOLE_STEPS)
+        args.out.mkdir(parents=True, exist_ok=True)
         model.save(args.out / "model.zip")
     elif args.command == "eval":
         model = DQN.load(args.model_dir / "model.zip", device="cpu")
