@@ -25,6 +25,7 @@ from dqn_cli.errors import UserError
 
 RUNS_ROOT = Path("runs")
 CONFIG_FILE = "config.toml"
+STATUS_FILE = "status.json"
 FINAL_MODEL = "model"
 BEST_MODEL = "best"
 MODEL_FORMAT = "dqn-model/1"
@@ -88,6 +89,19 @@ def read_config(run_dir: Path) -> dict[str, Any]:
         return tomllib.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"cannot read {run_dir / CONFIG_FILE}: {exc}") from None
+
+
+def write_status(run_dir: Path, **fields: Any) -> None:
+    """``status.json``: state (running, finished, interrupted, diverged), steps, evals, wall time, pid."""
+    status = {**fields, "pid": os.getpid(), "updated": datetime.now().isoformat(timespec="seconds")}
+    write_atomic(run_dir / STATUS_FILE, json.dumps(status, indent=2).encode())
+
+
+def read_status(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def package_versions() -> dict[str, str]:

@@ -7,6 +7,7 @@ import math
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +22,20 @@ from dqn_cli.metrics import MetricsLogger
 from dqn_cli.networks import build_q_network, network_spec, resolve_device
 from dqn_cli.progress import TrainingProgress
 from dqn_cli.replay import ReplayBuffer
-from dqn_cli.runfiles import BEST_MODEL, FINAL_MODEL, RUNS_ROOT, create_run_dir, save_model, write_config
+from dqn_cli.runfiles import (
+    BEST_MODEL,
+    FINAL_MODEL,
+    RUNS_ROOT,
+    create_run_dir,
+    save_model,
+    write_config,
+    write_status,
+)
 
 EVAL_SEED_OFFSET = 10_000  # periodic evaluations use episodes the training envs never see
+
+
+EvaluationHook = Callable[[int, float], None]
 
 
 class TrainingDiverged(RuntimeError):
@@ -61,20 +73,25 @@ def train(
     device: str = "auto",
     quiet: bool = False,
     runs_root: Path = RUNS_ROOT,
+    on_evaluation: EvaluationHook | None = None,
 ) -> TrainResult:
-    """Train a DQN agent on ``env_id`` and write the run folder; returns where it went and how it scored."""
+    """Train a DQN agent on ``env_id`` and write the run folder; returns where it went and how it scored.
+
+    ``on_evaluation(step, mean_return)`` runs after each periodic evaluation (Optuna reports and prunes
+    there); an exception it raises ends training, with the run folder left as it was at that point.
+    """
     torch_device = resolve_device(device)
     envs = make_vector_env(env_id, hp.n_envs)  # validates the env id and spaces before any file exists
     try:
         run_dir = create_run_dir(env_id, seed, run_dir, runs_root)
         run_info = {"env_id": env_id, "seed": seed, "preset": preset, "device": str(torch_device)}
         write_config(run_dir, run_info, hp.to_dict())
-        return _train_loop(envs, env_id, hp, seed, preset, run_dir, torch_device, quiet)
+        return _train_loop(envs, env_id, hp, seed, preset, run_dir, torch_device, quiet, on_evaluation)
     finally:
         envs.close()
 
 
-def _train_loop(envs, env_id, hp, seed, preset, run_dir, device, quiet) -> TrainResult:
+def _train_loop(envs, env_id, hp, seed, preset, run_dir, device, quiet, on_evaluation) -> TrainResult:
     rng = seed_everything(seed)
     if device.type == "cpu":
         torch.set_num_threads(1)  # small networks: thread hand-offs cost more than they save
@@ -101,6 +118,17 @@ def _train_loop(envs, env_id, hp, seed, preset, run_dir, device, quiet) -> Train
         metrics.evaluation(step, time.perf_counter() - start, mean, hp.exploration_rate(step))
         return mean
 
+    def report(state: str) -> None:
+        write_status(
+            run_dir,
+            state=state,
+            step=step,
+            planned_steps=hp.n_timesteps,
+            wall_time=time.perf_counter() - start,
+            best_eval=best_eval,
+            last_eval=last_eval,
+        )
+
     start = time.perf_counter()
     obs, _ = envs.reset(seed=seed)
     episode_returns = np.zeros(n_envs)
@@ -111,6 +139,7 @@ def _train_loop(envs, env_id, hp, seed, preset, run_dir, device, quiet) -> Train
     last_eval: float | None = None
     last_eval_step = -1
     step = last_train_step = 0
+    report("running")
     try:
         with progress:
             while step < hp.n_timesteps:
@@ -166,9 +195,18 @@ def _train_loop(envs, env_id, hp, seed, preset, run_dir, device, quiet) -> Train
                             agent.online.state_dict(),
                             {**model_meta, "step": step, "eval_return": best_eval},
                         )
+                    report("running")
+                    if on_evaluation is not None:
+                        on_evaluation(step, last_eval)
                 progress.update(step, epsilon, recent_returns, last_eval)
                 if last_eval_step == step and last_eval >= hp.stop_at_eval_return:
                     break
+    except TrainingDiverged:
+        report("diverged")
+        raise
+    except BaseException:
+        report("interrupted")
+        raise
     finally:
         metrics.close()
     save_model(
@@ -177,4 +215,5 @@ def _train_loop(envs, env_id, hp, seed, preset, run_dir, device, quiet) -> Train
         agent.online.state_dict(),
         {**model_meta, "step": step, "eval_return": last_eval if last_eval_step == step else None},
     )
+    report("finished")
     return TrainResult(run_dir, step, time.perf_counter() - start, best_eval, last_eval)

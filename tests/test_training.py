@@ -28,3 +28,42 @@ def test_step_count_covers_all_parallel_envs(tmp_path: Path):
 def test_stop_threshold_rejects_non_numbers(value):
     with pytest.raises(UserError, match="stop_at_eval_return"):
         resolve("CartPole-v1", sets=[f"stop_at_eval_return={value}"])
+
+
+def test_evaluation_hook_sees_every_evaluation_and_status_records_the_end(tmp_path: Path):
+    from dqn_cli.runfiles import read_status
+
+    seen: list[tuple[int, float]] = []
+    _, hp = resolve("CartPole-v1", sets=[*TINY, "stop_at_eval_return=inf"])
+    result = train(
+        "CartPole-v1",
+        hp,
+        seed=0,
+        run_dir=tmp_path / "run",
+        device="cpu",
+        quiet=True,
+        on_evaluation=lambda step, mean: seen.append((step, mean)),
+    )
+    assert [step for step, _ in seen] == [300, 600, 900, 1200]
+    assert seen[-1][1] == result.last_eval
+    status = read_status(tmp_path / "run")
+    assert status["state"] == "finished" and status["step"] == 1200 and status["planned_steps"] == 1200
+    assert status["best_eval"] == result.best_eval
+
+
+def test_an_exception_from_the_hook_stops_training_and_marks_the_run_interrupted(tmp_path: Path):
+    from dqn_cli.runfiles import read_status
+
+    class Pruned(Exception):
+        pass
+
+    def prune(step: int, mean: float) -> None:
+        raise Pruned
+
+    _, hp = resolve("CartPole-v1", sets=TINY)
+    with pytest.raises(Pruned):
+        train(
+            "CartPole-v1", hp, seed=0, run_dir=tmp_path / "run", device="cpu", quiet=True, on_evaluation=prune
+        )
+    assert read_status(tmp_path / "run")["state"] == "interrupted"
+    assert read_status(tmp_path / "run")["step"] == 300
