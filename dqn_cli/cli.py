@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from dqn_cli.errors import UserError
+
 app = typer.Typer(
     name="dqn",
     help="Train, evaluate and record Deep Q-Network agents on gymnasium games.\n\n"
@@ -31,6 +33,14 @@ RunOrModel = Annotated[
     ),
 ]
 Device = Annotated[str, typer.Option(help="Where the network runs: auto (CUDA if present), cpu or cuda.")]
+EnvOverride = Annotated[
+    str | None,
+    typer.Option(
+        "--env",
+        help="Play on this env id instead of the model's own (same observation shape and action count).",
+        show_default=False,
+    ),
+]
 Final = Annotated[
     bool,
     typer.Option(
@@ -49,8 +59,6 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from dqn_cli.errors import UserError
-
         try:
             return command(*args, **kwargs)
         except UserError as exc:
@@ -62,9 +70,22 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 @app.command()
 @user_errors
 def train(
-    env_id: Annotated[
-        str, typer.Argument(help="Gymnasium id of the game, e.g. CartPole-v1 or LunarLander-v3.")
-    ],
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="ENV_ID | RUN",
+            help="Gymnasium id of the game, e.g. CartPole-v1 or LunarLander-v3. With --resume: the run "
+            "folder to continue (default: the newest run with a checkpoint).",
+            show_default=False,
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue a run from its checkpoint, with its own config (--steps may raise the total).",
+        ),
+    ] = False,
     seed: Annotated[
         int, typer.Option(help="Seeds every random source; same seed on CPU gives the same run.")
     ] = 0,
@@ -95,21 +116,45 @@ def train(
     device: Device = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
-    """Train a DQN agent with the game's tuned preset (see `dqn presets`) and save the run folder."""
+    """Train a DQN agent with the game's tuned preset (see `dqn presets`) and save the run folder.
+
+    Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and exits 130 (143);
+    `dqn train --resume` continues from it. A second Ctrl-C exits at once.
+    """
     from dqn_cli import config as cfg
-    from dqn_cli.training import TrainingDiverged
+    from dqn_cli.training import TrainingDiverged, TrainingInterrupted
+    from dqn_cli.training import resume as resume_training
     from dqn_cli.training import train as run_training
 
-    sets = list(set_ or [])
-    if steps is not None:
-        sets.append(f"n_timesteps={steps}")
-    preset, hp = cfg.resolve(env_id, config, sets)
     try:
-        result = run_training(
-            env_id, hp, seed=seed, preset=preset, run_dir=run_dir, device=device, quiet=quiet
-        )
+        if resume:
+            if config is not None or set_ or run_dir is not None:
+                raise UserError("--resume continues a run with its own config; drop --config/--set/--run-dir")
+            run = Path(target) if target else None
+            result, exact = resume_training(run, steps=steps, device=device, quiet=quiet)
+            if not exact and not quiet:
+                typer.echo(
+                    "Episodes that were in flight restarted: this env's state cannot be saved exactly."
+                )
+        else:
+            if target is None:
+                raise UserError("missing ENV_ID: e.g. dqn train CartPole-v1 (or dqn train --resume [RUN])")
+            sets = list(set_ or [])
+            if steps is not None:
+                sets.append(f"n_timesteps={steps}")
+            preset, hp = cfg.resolve(target, config, sets)
+            result = run_training(
+                target, hp, seed=seed, preset=preset, run_dir=run_dir, device=device, quiet=quiet
+            )
     except TrainingDiverged as exc:
-        _fail(f"{exc}; the models saved before it are kept", code=1)
+        _fail(f"{exc}; the files saved before it are kept", code=1)
+    except TrainingInterrupted as exc:
+        typer.echo(
+            f"Interrupted at step {exc.step:,}; checkpoint saved in {exc.run_dir}. "
+            f"Resume with: dqn train --resume {exc.run_dir}",
+            err=True,
+        )
+        raise typer.Exit(exc.exit_code) from None
     if not quiet:
         best = "-" if result.best_eval is None else f"{result.best_eval:.1f}"
         typer.echo(f"Trained {result.steps:,} steps in {result.wall_time:.1f}s; best eval return {best}")
@@ -117,10 +162,10 @@ def train(
         typer.echo(f"Next: dqn eval {result.run_dir}  |  dqn record {result.run_dir}")
 
 
-def _load(run_or_model: Path | None, final: bool, device: str):
+def _load(run_or_model: Path | None, final: bool, device: str, env_id: str | None):
     from dqn_cli.evaluation import load_trained
 
-    return load_trained(run_or_model, final, device)
+    return load_trained(run_or_model, final, device, env_id)
 
 
 @app.command("eval")
@@ -142,6 +187,7 @@ def eval_(
         bool, typer.Option("--render", help="Show the game in a window while it plays.")
     ] = False,
     final: Final = False,
+    env: EnvOverride = None,
     device: Device = "auto",
 ) -> None:
     """Play greedy episodes with a trained model and report the returns."""
@@ -149,7 +195,7 @@ def eval_(
 
     from dqn_cli.evaluation import evaluate, make_policy, play_rendered
 
-    trained = _load(run_or_model, final, device)
+    trained = _load(run_or_model, final, device, env)
     policy = make_policy(trained.q_network, trained.n_actions, epsilon, seed, trained.device)
     if render:
         returns = play_rendered(policy, trained.env_id, episodes, seed)
@@ -190,12 +236,13 @@ def record(
     epsilon: Annotated[float, typer.Option(help="Probability of a random action.", min=0.0, max=1.0)] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the filmed episodes.")] = 0,
     final: Final = False,
+    env: EnvOverride = None,
     device: Device = "auto",
 ) -> None:
     """Film greedy episodes of a trained model to an mp4 or gif and print its path."""
     from dqn_cli.evaluation import make_policy, record_video, video_path
 
-    trained = _load(run_or_model, final, device)
+    trained = _load(run_or_model, final, device, env)
     path = video_path(trained.path, out)
     policy = make_policy(trained.q_network, trained.n_actions, epsilon, seed, trained.device)
     returns, frames = record_video(policy, trained.env_id, episodes, seed, path)

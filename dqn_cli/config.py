@@ -103,6 +103,11 @@ class Hyperparameters:
     n_envs: int = _hp(1, POSITIVE_INT, "environments stepped in parallel while collecting")
     eval_freq: int = _hp(10_000, NON_NEGATIVE_INT, "env steps between greedy evaluations; 0 = never")
     eval_episodes: int = _hp(10, POSITIVE_INT, "episodes per periodic evaluation")
+    checkpoint_freq: int = _hp(
+        50_000,
+        NON_NEGATIVE_INT,
+        "env steps between checkpoints for --resume (one is always written at the end)",
+    )
     stop_at_eval_return: float = _hp(
         math.inf,
         Rule(float, describe="a number, or inf", allow_infinity=True),

@@ -87,9 +87,91 @@ def make_single_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     return env
 
 
+def check_env_fits(env_id: str, meta: dict[str, Any], trained_on: str) -> None:
+    """Refuse to play a model on an env whose observations or actions differ from its training env's."""
+    env = make_single_env(env_id)
+    try:
+        actual = describe_spaces(env.observation_space, env.action_space)
+    finally:
+        env.close()
+    want_shape, want_n = meta["observation_space"]["shape"], meta["action_space"]["n"]
+    have_shape, have_n = actual["observation_space"]["shape"], actual["action_space"]["n"]
+    if (want_shape, want_n) != (have_shape, have_n):
+        raise UserError(
+            f"the model was trained on {trained_on} (observations {want_shape}, {want_n} actions); "
+            f"{env_id} has observations {have_shape} and {have_n} actions"
+        )
+
+
 def describe_spaces(observation_space: gym.spaces.Box, action_space: gym.spaces.Discrete) -> dict[str, Any]:
     """JSON-ready description of the spaces, stored with a model so it is never used on the wrong env."""
     return {
         "observation_space": {"shape": list(observation_space.shape), "dtype": str(observation_space.dtype)},
         "action_space": {"n": int(action_space.n)},
     }
+
+
+# ------------------------------------------------------------------------------- exact-resume snapshots
+
+_SNAPSHOT_TYPES = (bool, int, float, str, type(None), tuple, np.ndarray, np.generic, np.random.Generator)
+
+
+def _layers(env: gym.Env) -> list[gym.Env]:
+    layers = [env]
+    while isinstance(layers[-1], gym.Wrapper):
+        layers.append(layers[-1].env)
+    return layers
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, np.random.Generator):
+        return {"rng": value.bit_generator.state}
+    if isinstance(value, np.ndarray):
+        return {"array": value.tolist(), "dtype": str(value.dtype)}
+    if isinstance(value, np.generic):
+        return {"array": value.item(), "dtype": str(value.dtype)}
+    if isinstance(value, tuple):  # MountainCar keeps its state as a tuple of numpy floats
+        return {"tuple": [_encode(item) for item in value]}
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict) and "rng" in value:
+        generator = np.random.Generator(getattr(np.random, value["rng"]["bit_generator"])())
+        generator.bit_generator.state = value["rng"]
+        return generator
+    if isinstance(value, dict) and "array" in value:
+        array = np.asarray(value["array"], dtype=value["dtype"])
+        return array if array.ndim else array[()]
+    if isinstance(value, dict) and "tuple" in value:
+        return tuple(_decode(item) for item in value["tuple"])
+    return value
+
+
+def snapshot_envs(envs: gym.vector.VectorEnv) -> list[list[dict[str, Any]]] | None:
+    """The mutable state of each classic-control sub-env (physics state, RNG, time-limit counters), or
+    None for envs whose state cannot be captured as data (Box2D worlds, emulators): those restart."""
+    sub_envs = getattr(envs, "envs", None)
+    if not sub_envs or not type(sub_envs[0].unwrapped).__module__.startswith(
+        "gymnasium.envs.classic_control"
+    ):
+        return None
+    snapshot = []
+    for env in sub_envs:
+        layers = []
+        for layer in _layers(env):
+            fields = {
+                name: _encode(value)
+                for name, value in vars(layer).items()
+                if isinstance(value, _SNAPSHOT_TYPES)
+            }
+            layers.append(fields)
+        snapshot.append(layers)
+    return snapshot
+
+
+def restore_envs(envs: gym.vector.VectorEnv, snapshot: list[list[dict[str, Any]]]) -> None:
+    for env, layers in zip(envs.envs, snapshot, strict=True):
+        for layer, fields in zip(_layers(env), layers, strict=True):
+            for name, value in fields.items():
+                setattr(layer, name, _decode(value))

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from dqn_cli.agent import epsilon_greedy
-from dqn_cli.envs import make_single_env, make_vector_env
+from dqn_cli.envs import check_env_fits, make_single_env, make_vector_env
 from dqn_cli.errors import UserError
 from dqn_cli.networks import build_q_network, resolve_device
 from dqn_cli.runfiles import load_model, resolve_model_path
@@ -29,19 +29,21 @@ class TrainedModel:
     meta: dict[str, Any]
     q_network: nn.Module
     device: torch.device
-
-    @property
-    def env_id(self) -> str:
-        return self.meta["env_id"]
+    env_id: str  # where it plays: the env it was trained on unless another was asked for
 
     @property
     def n_actions(self) -> int:
         return int(self.meta["action_space"]["n"])
 
 
-def load_trained(run_or_model: Path | None, final: bool = False, device: str = "auto") -> TrainedModel:
-    """Rebuild a saved Q-network from its JSON description and safetensors weights."""
+def load_trained(
+    run_or_model: Path | None, final: bool = False, device: str = "auto", env_id: str | None = None
+) -> TrainedModel:
+    """Rebuild a saved Q-network from its JSON description and safetensors weights. ``env_id`` plays it on
+    another env, which must have the observation shape and action count it was trained with."""
     loaded = load_model(resolve_model_path(run_or_model, final))
+    if env_id is not None and env_id != loaded.env_id:
+        check_env_fits(env_id, loaded.meta, loaded.env_id)
     torch_device = resolve_device(device)
     try:
         q_network = build_q_network(loaded.meta["network"])
@@ -51,7 +53,9 @@ def load_trained(run_or_model: Path | None, final: bool = False, device: str = "
             f"{loaded.path} does not match its description in {loaded.path.with_suffix('.json')}: "
             f"{str(exc).splitlines()[0]}"
         ) from None
-    return TrainedModel(loaded.path, loaded.meta, q_network.to(torch_device), torch_device)
+    return TrainedModel(
+        loaded.path, loaded.meta, q_network.to(torch_device), torch_device, env_id or loaded.env_id
+    )
 
 
 def video_path(model_path: Path, out: Path | None) -> Path:

@@ -19,17 +19,31 @@ def _cell(value: float | int | None) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
+def _rows_up_to(path: Path, step: int) -> list[list[str]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))[1:]
+    except OSError:
+        return []
+    return [row for row in rows if row and row[0].isdigit() and int(row[0]) <= step]
+
+
 class MetricsLogger:
     """One CSV row per finished episode and per evaluation. TensorBoard gets the mean of the episodes
     finished in each ``TENSORBOARD_EVERY`` steps, and every evaluation."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, resume_step: int = 0) -> None:
+        """``resume_step`` > 0 continues a resumed run: rows and events after that step are dropped, as the
+        resumed run writes them again."""
         from torch.utils.tensorboard import SummaryWriter
 
-        self._file = (run_dir / METRICS_FILE).open("w", newline="", encoding="utf-8")
+        path = run_dir / METRICS_FILE
+        kept = _rows_up_to(path, resume_step) if resume_step else []
+        self._file = path.open("w", newline="", encoding="utf-8")
         self._csv = csv.writer(self._file)
         self._csv.writerow(COLUMNS)
-        self._tb = SummaryWriter(log_dir=str(run_dir))
+        self._csv.writerows(kept)
+        self._tb = SummaryWriter(log_dir=str(run_dir), purge_step=resume_step or None)
         self._pending: dict[str, list[float]] = {
             "rollout/episode_return": [],
             "rollout/episode_length": [],

@@ -21,7 +21,7 @@ REFRESH_SECONDS = 0.25
 class TrainingProgress:
     """Steps, steps/s, epsilon, mean return of the last 100 episodes and the last evaluation."""
 
-    def __init__(self, env_id: str, total_steps: int, quiet: bool) -> None:
+    def __init__(self, env_id: str, total_steps: int, quiet: bool, start_step: int = 0) -> None:
         self._quiet = quiet
         self._total = total_steps
         self._last_refresh = 0.0
@@ -40,7 +40,10 @@ class TrainingProgress:
             console=Console(stderr=True),
             disable=quiet,
         )
-        self._task = self._progress.add_task("train", total=total_steps, rate="-", eps="-", ret="-", eval="-")
+        self._start_step = start_step
+        self._task = self._progress.add_task(
+            "train", total=total_steps, completed=start_step, rate="-", eps="-", ret="-", eval="-"
+        )
 
     def __enter__(self) -> TrainingProgress:
         self._start = time.perf_counter()
@@ -63,7 +66,7 @@ class TrainingProgress:
         self._progress.update(
             self._task,
             completed=min(step, self._total),
-            rate=f"{step / max(now - self._start, 1e-9):,.0f}",
+            rate=f"{(step - self._start_step) / max(now - self._start, 1e-9):,.0f}",
             eps=f"{epsilon:.3f}",
             ret=mean_return,
             eval="-" if last_eval is None else f"{last_eval:.1f}",

@@ -57,6 +57,26 @@ class ReplayBuffer:
         self.position = int(index[-1] + 1) % self.capacity
         self.size = min(self.size + len(actions), self.capacity)
 
+    _FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated")
+
+    def stored(self) -> dict[str, np.ndarray]:
+        """The filled part of each array (views, no copy), for checkpoints."""
+        return {name: getattr(self, name)[: self.size] for name in self._FIELDS}
+
+    def restore(self, arrays: dict[str, np.ndarray], position: int, size: int) -> None:
+        """Refill from ``stored()`` output; shapes and dtypes must match this buffer's."""
+        if not 0 <= position < self.capacity or not 0 <= size <= self.capacity:
+            raise ValueError(f"replay position {position} / size {size} do not fit capacity {self.capacity}")
+        for name in self._FIELDS:
+            target, source = getattr(self, name), arrays[name]
+            if source.shape != (size, *target.shape[1:]) or source.dtype != target.dtype:
+                raise ValueError(
+                    f"replay {name} has shape {source.shape} {source.dtype}, expected "
+                    f"{(size, *target.shape[1:])} {target.dtype}"
+                )
+            target[:size] = source
+        self.position, self.size = position, size
+
     def sample(self, batch_size: int) -> Batch:
         """Uniformly sample ``batch_size`` stored transitions (with replacement, like SB3)."""
         if self.size == 0:

@@ -42,8 +42,15 @@ def _umask() -> int:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename.
+
+    On failure (disk full, permissions) the temporary file is removed, ``path`` keeps its old content and
+    the error is a one-line UserError.
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
@@ -51,9 +58,18 @@ def write_atomic(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}; its previous version is kept") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete temporary files a killed process left mid-write (the finished files are never touched)."""
+    for stale in run_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def create_run_dir(env_id: str, seed: int, run_dir: Path | None = None, runs_root: Path = RUNS_ROOT) -> Path:
@@ -140,17 +156,20 @@ class LoadedModel:
         return self.meta["env_id"]
 
 
-def newest_run(runs_root: Path = RUNS_ROOT) -> Path:
-    """The most recently started run under ``runs_root`` that has a saved model."""
+MODEL_FILES = (f"{BEST_MODEL}.safetensors", f"{FINAL_MODEL}.safetensors")
+
+
+def newest_run(
+    runs_root: Path = RUNS_ROOT, having: tuple[str, ...] = MODEL_FILES, what: str = "a model"
+) -> Path:
+    """The most recently started run under ``runs_root`` holding one of the files ``having``."""
     candidates = [
         config.parent
         for config in runs_root.glob(f"*/*/{CONFIG_FILE}")
-        if any((config.parent / f"{n}.safetensors").exists() for n in (BEST_MODEL, FINAL_MODEL))
+        if any((config.parent / name).exists() for name in having)
     ]
     if not candidates:
-        raise UserError(
-            f"no trained run with a model found under {runs_root}/; train one with `dqn train ENV_ID`"
-        )
+        raise UserError(f"no run with {what} found under {runs_root}/; train one with `dqn train ENV_ID`")
     return max(candidates, key=lambda d: (d / CONFIG_FILE).stat().st_mtime)
 
 

@@ -95,7 +95,7 @@ def test_train_eval_record_end_to_end(tmp_path: Path):
         (["train", "CartPol-v1"], ["unknown environment id 'CartPol-v1'", "CartPole-v1"]),
         (["train", "Pendulum-v1"], ["Pendulum-v1", "Box action space", "Discrete"]),
         (["train", "CartPole-v1", "--config", "missing.toml"], ["cannot read config file"]),
-        (["eval"], ["no trained run"]),
+        (["eval"], ["no run with a model"]),
         (["record", "nowhere"], ["no such run or model"]),
     ],
 )
@@ -145,3 +145,119 @@ def test_help_imports_neither_torch_nor_gymnasium(tmp_path: Path):
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.fixture
+def run_copy(tiny_run: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny run that a test may damage."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_run, tmp_path / "work" / "run"))
+
+
+@pytest.mark.parametrize(
+    ("damage", "args", "fragments"),
+    [
+        (
+            lambda run: (run / "best.safetensors").unlink(),
+            ["--final"],
+            [],
+        ),  # still fine: uses the final model
+        (lambda run: (run / "model.json").unlink(), ["--final"], ["model.json is missing"]),
+        (
+            lambda run: (run / "model.safetensors").write_bytes(b"\x00" * 10),
+            ["--final"],
+            ["not a valid safetensors"],
+        ),
+        (
+            lambda run: (run / "model.safetensors").write_bytes(
+                (run / "model.safetensors").read_bytes()[:-64]
+            ),
+            ["--final"],
+            ["corrupt or truncated"],
+        ),
+        (
+            lambda run: None,
+            ["--env", "Acrobot-v1"],
+            ["trained on CartPole-v1", "Acrobot-v1 has observations [6]"],
+        ),
+    ],
+)
+def test_damaged_or_mismatched_models_are_refused_in_one_line(run_copy: Path, damage, args, fragments):
+    damage(run_copy)
+    result = dqn("eval", str(run_copy), "--episodes", "1", *args, cwd=run_copy.parent)
+    if not fragments:
+        assert result.returncode == 0, result.stderr
+        return
+    assert_one_line_error(result, *fragments)
+
+
+def test_eval_on_another_env_with_the_same_spaces_is_allowed(run_copy: Path):
+    result = dqn(
+        "eval", str(run_copy), "--episodes", "1", "--env", "CartPole-v0", "--json", cwd=run_copy.parent
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["env_id"] == "CartPole-v0"
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragments"),
+    [
+        (lambda run: (run / "checkpoint.safetensors").unlink(), ["has no checkpoint"]),
+        (
+            lambda run: (run / "checkpoint.safetensors").write_bytes(
+                (run / "checkpoint.safetensors").read_bytes()[:-100]
+            ),
+            ["corrupt or truncated"],
+        ),
+        (lambda run: (run / "checkpoint.safetensors").write_bytes(b"garbage"), ["corrupt or truncated"]),
+    ],
+)
+def test_resume_refuses_missing_or_damaged_checkpoints(run_copy: Path, damage, fragments):
+    damage(run_copy)
+    before = sorted(p.name for p in run_copy.iterdir())
+    assert_one_line_error(dqn("train", "--resume", str(run_copy), cwd=run_copy.parent), *fragments)
+    assert sorted(p.name for p in run_copy.iterdir()) == before
+
+
+def test_resume_of_something_that_is_not_a_run(tmp_path: Path):
+    assert_one_line_error(dqn("train", "--resume", "nowhere", cwd=tmp_path), "not a run folder")
+    assert_one_line_error(dqn("train", "--resume", cwd=tmp_path), "no run with a checkpoint")
+
+
+def test_unwritable_run_directory_is_refused(tmp_path: Path):
+    (tmp_path / "file").write_text("not a folder")
+    result = dqn("train", "CartPole-v1", "--run-dir", "file/run", cwd=tmp_path)
+    assert_one_line_error(result, "cannot write run directory file/run")
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_disk_full_while_saving_keeps_the_old_file_and_no_temporary(tmp_path: Path, monkeypatch):
+    import errno
+
+    from dqn_cli import runfiles
+    from dqn_cli.errors import UserError
+
+    target = tmp_path / "model.json"
+    target.write_text("old")
+
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, fd: int, mode: str) -> None:
+            self._handle = real_fdopen(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._handle.close()
+
+        def write(self, data: bytes) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runfiles.os, "fdopen", FullDisk)
+    with pytest.raises(UserError, match="No space left on device; its previous version is kept"):
+        runfiles.write_atomic(target, b"new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.json"]

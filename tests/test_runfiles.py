@@ -79,7 +79,7 @@ def test_newest_run_is_the_latest_started(tmp_path: Path):
         (run / "model.safetensors").write_bytes(b"")
         os.utime(run / "config.toml", (1000 + i, 1000 + i))
     assert newest_run(tmp_path).name == "b"
-    with pytest.raises(UserError, match="no trained run"):
+    with pytest.raises(UserError, match="no run with a model"):
         newest_run(tmp_path / "empty")
 
 
