@@ -270,4 +270,14 @@ def presets(
 
 
 def main() -> None:
-    app()
+    """Run the app; usage errors (a bad option value, a missing argument) become one line and exit 2."""
+    from typer.exceptions import Abort, TyperException
+
+    try:
+        code = app(standalone_mode=False)
+    except TyperException as exc:
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(2)
+    except Abort:  # Ctrl-C outside training
+        sys.exit(130)
+    sys.exit(code or 0)

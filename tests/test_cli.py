@@ -97,6 +97,11 @@ def test_train_eval_record_end_to_end(tmp_path: Path):
         (["train", "CartPole-v1", "--config", "missing.toml"], ["cannot read config file"]),
         (["eval"], ["no run with a model"]),
         (["record", "nowhere"], ["no such run or model"]),
+        (["eval", "--episodes", "0"], ["--episodes"]),
+        (["eval", "--episodes", "many"], ["--episodes", "integer"]),
+        (["train", "CartPole-v1", "--sett", "x"], ["No such option: --sett"]),
+        (["train"], ["missing ENV_ID"]),
+        (["nosuch"], ["No such command"]),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args, fragments):

@@ -112,6 +112,17 @@ def test_sigint_checkpoints_prints_resume_command_and_exits_130(tmp_path: Path):
     assert read_checkpoint_step(tmp_path / "run") == STEPS
 
 
+def test_second_ctrl_c_exits_at_once_leaving_a_good_checkpoint(tmp_path: Path):
+    process = _cli("train", "CartPole-v1", "--run-dir", "run", "--quiet", *_set_args(), cwd=tmp_path)
+    _wait_for_checkpoint(tmp_path / "run", STEPS // 2, process)
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode == 130
+    arrays, state = load_checkpoint(tmp_path / "run")  # whole and loadable, whichever one it is
+    assert state["loop"]["step"] >= STEPS // 2 and "online/layers.0.weight" in arrays
+
+
 def test_sigterm_exits_143_with_a_checkpoint(tmp_path: Path):
     process = _cli("train", "CartPole-v1", "--run-dir", "run", "--quiet", *_set_args(), cwd=tmp_path)
     _wait_for_checkpoint(tmp_path / "run", STEPS // 2, process)
