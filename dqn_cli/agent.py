@@ -50,16 +50,14 @@ class DQNAgent:
         self.optimizer = torch.optim.Adam(self.online.parameters(), lr=hp.learning_rate, fused=True)
         self.loss_fn = F.smooth_l1_loss if hp.loss == "huber" else F.mse_loss
 
-    def _to_device(self, batch: Batch) -> tuple[torch.Tensor, ...]:
-        return tuple(
-            torch.as_tensor(array, device=self.device)
-            for array in (batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated)
-        )
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(array, device=self.device)
 
     def td_targets(
-        self, rewards: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor
+        self, rewards: torch.Tensor, next_obs: torch.Tensor, terminated: torch.Tensor, horizons: torch.Tensor
     ) -> torch.Tensor:
-        """y = r + gamma * (1 - terminated) * Q_target(s', a*); a* = argmax Q_target (Q_online if Double)."""
+        """y = r + gamma^h * (1 - terminated) * Q_target(s', a*), a* = argmax Q_target (Q_online if Double);
+        h = 1 except for n-step returns, where r sums h discounted rewards."""
         with torch.no_grad():
             next_q_target = self.target(next_obs)
             if self.hp.double_q:
@@ -67,19 +65,26 @@ class DQNAgent:
             else:
                 best_next = next_q_target.argmax(dim=1, keepdim=True)
             next_value = next_q_target.gather(1, best_next).squeeze(1)
-            return rewards + self.hp.gamma * (1.0 - terminated) * next_value
+            return rewards + self.hp.gamma**horizons * (1.0 - terminated) * next_value
 
-    def update(self, batch: Batch) -> torch.Tensor:
-        """One gradient step on the TD loss; returns the loss (detached) for logging."""
-        obs, actions, rewards, next_obs, terminated = self._to_device(batch)
-        targets = self.td_targets(rewards, next_obs, terminated)
+    def update(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One gradient step on the TD loss (importance-weighted under prioritized replay).
+        Returns the loss and the per-transition TD errors, both detached."""
+        obs, actions, rewards, next_obs, terminated, horizons = map(
+            self._to_device,
+            (batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated, batch.horizons),
+        )
+        targets = self.td_targets(rewards, next_obs, terminated, horizons)
         q_taken = self.online(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
-        loss = self.loss_fn(q_taken, targets)
+        if batch.weights is None:
+            loss = self.loss_fn(q_taken, targets)
+        else:
+            loss = (self._to_device(batch.weights) * self.loss_fn(q_taken, targets, reduction="none")).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.online.parameters(), self.hp.max_grad_norm)
         self.optimizer.step()
-        return loss.detach()
+        return loss.detach(), (targets - q_taken).detach()
 
     def update_target(self) -> None:
         """theta_target <- tau * theta_online + (1 - tau) * theta_target; tau = 1 is the paper's hard copy."""

@@ -67,6 +67,7 @@ POSITIVE_INT = Rule(int, _positive, "an integer > 0")
 NON_NEGATIVE_INT = Rule(int, _non_negative, "an integer >= 0")
 POSITIVE_FLOAT = Rule(float, _positive, "a number > 0")
 UNIT_FLOAT = Rule(float, _unit_interval, "a number in [0, 1]")
+BOOL = Rule(bool, describe="true or false")
 
 
 @dataclass
@@ -96,7 +97,15 @@ class Hyperparameters:
     net_arch: list[int] = _hp(
         [64, 64], Rule(list, _layer_sizes, "a list of layer sizes >= 1, e.g. [256, 256]"), "hidden layers"
     )
-    double_q: bool = _hp(False, Rule(bool, describe="true or false"), "use Double DQN targets")
+    double_q: bool = _hp(False, BOOL, "use Double DQN targets (van Hasselt et al. 2016)")
+    dueling: bool = _hp(False, BOOL, "dueling head: Q = V + A - mean(A) (Wang et al. 2016)")
+    n_step: int = _hp(1, POSITIVE_INT, "n-step returns: bootstrap after n rewards (1 = the paper's DQN)")
+    prioritized_replay: bool = _hp(False, BOOL, "proportional prioritized replay (Schaul et al. 2016)")
+    prioritized_replay_alpha: float = _hp(0.6, UNIT_FLOAT, "how strongly priorities skew sampling")
+    prioritized_replay_beta0: float = _hp(
+        0.4, UNIT_FLOAT, "initial importance-weight exponent, annealed linearly to 1 over n_timesteps"
+    )
+    prioritized_replay_eps: float = _hp(1e-6, POSITIVE_FLOAT, "added to |TD error| so no priority is 0")
     loss: str = _hp(
         "huber", Rule(str, describe="one of huber, mse", choices=("huber", "mse")), "TD loss function"
     )
@@ -124,6 +133,11 @@ class Hyperparameters:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def importance_exponent(self, step: int) -> float:
+        """Prioritized replay's beta: from beta0 at the start to 1 at n_timesteps."""
+        progress = min(step / self.n_timesteps, 1.0)
+        return self.prioritized_replay_beta0 + progress * (1.0 - self.prioritized_replay_beta0)
 
     def exploration_rate(self, step: int) -> float:
         """Linear epsilon schedule of Mnih et al.: decay over a fraction of training, then hold."""

@@ -24,7 +24,7 @@ from dqn_cli.evaluation import evaluate, make_policy
 from dqn_cli.metrics import MetricsLogger
 from dqn_cli.networks import build_q_network, network_spec, resolve_device
 from dqn_cli.progress import TrainingProgress
-from dqn_cli.replay import ReplayBuffer
+from dqn_cli.replay import NStepAccumulator, make_replay
 from dqn_cli.runfiles import (
     BEST_MODEL,
     CONFIG_FILE,
@@ -149,9 +149,10 @@ class Trainer:
             torch.set_num_threads(1)  # small networks: thread hand-offs cost more than they save
         obs_space, action_space = envs.single_observation_space, envs.single_action_space
         self.n_actions = int(action_space.n)
-        spec = network_spec(obs_space.shape, self.n_actions, hp.net_arch)
+        spec = network_spec(obs_space.shape, self.n_actions, hp.net_arch, hp.dueling)
         self.agent = DQNAgent(build_q_network(spec), hp, device)
-        self.buffer = ReplayBuffer(hp.buffer_size, obs_space.shape, obs_space.dtype, self.rng)
+        self.buffer = make_replay(hp, obs_space.shape, obs_space.dtype, self.rng)
+        self.accumulator = NStepAccumulator(hp.n_step, hp.gamma, hp.n_envs) if hp.n_step > 1 else None
         self.model_meta = {
             "env_id": env_id,
             "preset": preset,
@@ -175,6 +176,8 @@ class Trainer:
         for index, moments in optimizer["state"].items():
             arrays |= {f"optimizer/{index}/{name}": t.cpu().numpy() for name, t in moments.items()}
         arrays |= {f"replay/{name}": array for name, array in self.buffer.stored().items()}
+        if self.accumulator is not None:
+            arrays |= {f"nstep/{name}": array for name, array in self.accumulator.state().items()}
         arrays |= {
             "loop/obs": self.obs,
             "loop/episode_returns": self.episode_returns,
@@ -216,6 +219,8 @@ class Trainer:
         torch.set_rng_state(torch.from_numpy(arrays["rng/torch"]))
         if state["envs"] is not None:
             restore_envs(self.envs, state["envs"])
+            if self.accumulator is not None:
+                self.accumulator.load_state({k[6:]: v for k, v in arrays.items() if k.startswith("nstep/")})
             self.obs = arrays["loop/obs"]
             self.episode_returns = arrays["loop/episode_returns"].copy()
             self.episode_lengths = arrays["loop/episode_lengths"].copy()
@@ -294,7 +299,12 @@ class Trainer:
                     next_obs, rewards, terminated, truncated, infos = self.envs.step(actions)
                     done = terminated | truncated
                     real_next = final_observations(next_obs, infos, done)
-                    self.buffer.add(self.obs, actions, rewards, real_next, terminated)
+                    if self.accumulator is None:
+                        self.buffer.add(self.obs, actions, rewards, real_next, terminated)
+                    elif ready := self.accumulator.add(
+                        self.obs, actions, rewards, real_next, terminated, truncated
+                    ):
+                        self.buffer.add(*ready)
                     self.obs = next_obs
                     previous, s.step = s.step, s.step + n_envs
                     wall_time = s.wall_time + time.perf_counter() - session_start
@@ -308,8 +318,13 @@ class Trainer:
 
                     if s.step > hp.learning_starts and _crossed(s.step, previous, hp.train_freq):
                         n_updates = hp.gradient_steps if hp.gradient_steps > 0 else s.step - s.last_train_step
+                        beta = hp.importance_exponent(s.step)
                         for _ in range(n_updates):
-                            loss_sum += self.agent.update(self.buffer.sample(hp.batch_size))
+                            batch = self.buffer.sample(hp.batch_size, beta)
+                            loss, td_errors = self.agent.update(batch)
+                            loss_sum += loss
+                            if hp.prioritized_replay:
+                                self.buffer.update_priorities(batch.indices, td_errors.cpu().numpy())
                         s.loss_count += n_updates
                         s.last_train_step = s.step
                     if _crossed(s.step, previous, hp.target_update_interval):

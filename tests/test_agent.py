@@ -37,7 +37,7 @@ def test_td_target_terminated_does_not_bootstrap_but_truncated_does():
     # Row 0 ended by termination; rows 1 and 2 were cut by the time limit (stored as not terminated),
     # so they bootstrap from the true final observation.
     terminated = torch.tensor([1.0, 0.0, 0.0])
-    targets = agent.td_targets(rewards, next_obs, terminated)
+    targets = agent.td_targets(rewards, next_obs, terminated, torch.ones(3))
     assert targets.tolist() == [1.0, 1.0 + 0.5 * 2.0, -1.0 + 0.5 * 4.0]
 
 
@@ -45,7 +45,7 @@ def test_double_dqn_picks_action_with_online_and_values_it_with_target():
     agent = _agent(double_q=True)
     agent.online, agent.target = ObsAsQ(-1.0), ObsAsQ(1.0)
     next_obs = torch.tensor([[1.0, 3.0], [2.0, 0.0]])
-    targets = agent.td_targets(torch.zeros(2), next_obs, torch.zeros(2))
+    targets = agent.td_targets(torch.zeros(2), next_obs, torch.zeros(2), torch.ones(2))
     # online argmax of -obs = argmin of obs: action 0 (value 1) and action 1 (value 0)
     assert targets.tolist() == [0.5, 0.0]
 
@@ -106,11 +106,14 @@ def test_update_trains_online_network_only_and_reduces_loss():
         rewards=np.ones(32, dtype=np.float32),
         next_obs=rng.normal(size=(32, 4)).astype(np.float32),
         terminated=np.ones(32, dtype=np.float32),
+        horizons=np.ones(32, dtype=np.float32),
+        weights=None,
+        indices=np.arange(32),
     )
     target_before = [p.clone() for p in agent.target.parameters()]
-    first = float(agent.update(batch))
+    first = float(agent.update(batch)[0])
     for _ in range(50):
-        last = float(agent.update(batch))
+        last = float(agent.update(batch)[0])
     assert last < first / 4
     assert all(torch.equal(a, b) for a, b in zip(target_before, agent.target.parameters(), strict=True))
 

@@ -120,7 +120,7 @@ def test_second_ctrl_c_exits_at_once_leaving_a_good_checkpoint(tmp_path: Path):
     process.communicate(timeout=60)
     assert process.returncode == 130
     arrays, state = load_checkpoint(tmp_path / "run")  # whole and loadable, whichever one it is
-    assert state["loop"]["step"] >= STEPS // 2 and "online/layers.0.weight" in arrays
+    assert state["loop"]["step"] >= STEPS // 2 and "online/hidden.0.weight" in arrays
 
 
 def test_sigterm_exits_143_with_a_checkpoint(tmp_path: Path):
@@ -161,8 +161,10 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_files(tmp_path: Path, m
 
     def poisoned(self, batch):
         calls["n"] += 1
-        loss = real_update(self, batch)
-        return loss * float("nan") if calls["n"] > 200 else loss  # ~step 1300, after the 1000 checkpoint
+        loss, errors = real_update(self, batch)
+        return (
+            loss * float("nan") if calls["n"] > 200 else loss
+        ), errors  # ~step 1300, after the 1000 checkpoint
 
     monkeypatch.setattr(DQNAgent, "update", poisoned)
     with pytest.raises(TrainingDiverged, match="diverged"):
@@ -181,10 +183,10 @@ def test_nan_weights_are_never_saved(tmp_path: Path, monkeypatch):
     real_update = DQNAgent.update
 
     def poison_weights(self, batch):
-        loss = real_update(self, batch)
+        loss, errors = real_update(self, batch)
         with torch.no_grad():
             next(self.online.parameters()).fill_(float("inf"))
-        return loss.zero_()  # a finite loss must not hide broken weights
+        return loss.zero_(), errors  # a finite loss must not hide broken weights
 
     monkeypatch.setattr(DQNAgent, "update", poison_weights)
     with pytest.raises(TrainingDiverged, match="weights"):

@@ -37,7 +37,13 @@ def test_model_metadata_describes_env_network_and_versions(tiny_run: Path):
     assert meta["env_id"] == "CartPole-v1"
     assert meta["observation_space"] == {"shape": [4], "dtype": "float32"}
     assert meta["action_space"] == {"n": 2}
-    assert meta["network"] == {"kind": "mlp", "obs_shape": [4], "n_actions": 2, "net_arch": [16]}
+    assert meta["network"] == {
+        "kind": "mlp",
+        "obs_shape": [4],
+        "n_actions": 2,
+        "net_arch": [16],
+        "dueling": False,
+    }
     assert meta["preset"] == "CartPole-v1" and meta["step"] == 600
     assert {"dqn_cli", "torch", "gymnasium", "numpy"} <= set(meta["versions"])
 

@@ -1,0 +1,200 @@
+"""Rainbow's cheap parts as options of the one agent: dueling head, n-step returns, prioritized replay."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from dqn_cli.config import resolve
+from dqn_cli.networks import MLPQNetwork
+from dqn_cli.replay import NStepAccumulator, PrioritizedReplayBuffer, SumTree
+from dqn_cli.training import TrainingInterrupted, resume, train
+
+GAMMA = 0.5
+
+
+def test_dueling_head_is_value_plus_mean_subtracted_advantage():
+    torch.manual_seed(0)
+    net = MLPQNetwork(3, 4, [8], dueling=True)
+    obs = torch.randn(5, 3)
+    hidden = torch.relu(net.hidden[0](obs))
+    value, advantage = net.value(hidden), net.head(hidden)
+    q = net(obs)
+    assert torch.allclose(q, value + advantage - advantage.mean(dim=1, keepdim=True))
+    # the advantages' mean carries no information: Q's mean over actions is V
+    assert torch.allclose(q.mean(dim=1, keepdim=True), value, atol=1e-6)
+
+
+def _run_episode(rewards, end: str):
+    """Feed one env's episode of len(rewards) steps, observations 0, 1, 2, ... (final one = len)."""
+    acc = NStepAccumulator(n=3, gamma=GAMMA, n_envs=1)
+    out = []
+    for t, reward in enumerate(rewards):
+        last = t == len(rewards) - 1
+        ready = acc.add(
+            obs=np.array([[float(t)]]),
+            actions=np.array([t]),
+            rewards=np.array([reward]),
+            real_next_obs=np.array([[float(t + 1)]]),
+            terminated=np.array([last and end == "terminated"]),
+            truncated=np.array([last and end == "truncated"]),
+        )
+        if ready is not None:
+            out.extend(zip(*ready, strict=True))
+    return [(float(o[0]), int(a), float(r), float(n[0]), float(d), float(h)) for o, a, r, n, d, h in out]
+
+
+def test_n_step_targets_on_an_episode_ending_in_termination():
+    transitions = _run_episode([1.0, 2.0, 4.0, 8.0], "terminated")
+    # (obs, action, n-step return, bootstrap obs, terminated, horizon)
+    assert transitions == [
+        (0.0, 0, 1 + 0.5 * 2 + 0.25 * 4, 3.0, 0.0, 3.0),
+        (1.0, 1, 2 + 0.5 * 4 + 0.25 * 8, 4.0, 1.0, 3.0),
+        (2.0, 2, 4 + 0.5 * 8, 4.0, 1.0, 2.0),
+        (3.0, 3, 8.0, 4.0, 1.0, 1.0),
+    ]
+
+
+def test_n_step_targets_on_an_episode_cut_by_truncation_bootstrap_from_the_final_observation():
+    transitions = _run_episode([1.0, 2.0], "truncated")
+    assert transitions == [(0.0, 0, 1 + 0.5 * 2, 2.0, 0.0, 2.0), (1.0, 1, 2.0, 2.0, 0.0, 1.0)]
+
+
+def test_n_step_keeps_vector_env_episodes_apart():
+    acc = NStepAccumulator(n=2, gamma=GAMMA, n_envs=2)
+    first = acc.add(
+        np.array([[0.0], [10.0]]),
+        np.array([0, 0]),
+        np.array([1.0, 100.0]),
+        np.array([[1.0], [11.0]]),
+        np.array([False, True]),
+        np.array([False, False]),
+    )
+    # env 1 ended at once: its one-step transition leaves, env 0's waits for a second reward
+    assert first[0].tolist() == [[10.0]] and first[2].tolist() == [100.0] and first[5].tolist() == [1.0]
+    second = acc.add(
+        np.array([[1.0], [20.0]]),
+        np.array([1, 1]),
+        np.array([2.0, 200.0]),
+        np.array([[2.0], [21.0]]),
+        np.array([False, False]),
+        np.array([False, False]),
+    )
+    assert second[0].tolist() == [[0.0]] and second[2].tolist() == [1.0 + 0.5 * 2.0]
+    assert second[3].tolist() == [[2.0]] and second[5].tolist() == [2.0]
+
+
+def test_n_step_td_target_discounts_by_gamma_to_the_horizon():
+    from dqn_cli.agent import DQNAgent
+    from dqn_cli.config import Hyperparameters, apply_overrides
+    from dqn_cli.networks import build_q_network, network_spec
+
+    agent = DQNAgent(
+        build_q_network(network_spec((2,), 2, [4])),
+        apply_overrides(Hyperparameters(), {"gamma": GAMMA}),
+        torch.device("cpu"),
+    )
+    agent.target = lambda obs: obs  # Q-values are the observation
+    targets = agent.td_targets(
+        torch.tensor([1.0, 1.0]),
+        torch.tensor([[2.0, 8.0], [8.0, 0.0]]),
+        torch.zeros(2),
+        torch.tensor([3.0, 1.0]),
+    )
+    assert targets.tolist() == [1 + 0.125 * 8, 1 + 0.5 * 8]
+
+
+def test_sum_tree_totals_and_leaf_lookup():
+    tree = SumTree(5)  # rounds up to 8 leaves
+    tree.set(np.arange(5), np.array([1.0, 2.0, 3.0, 4.0, 0.0]))
+    assert tree.total == 10.0
+    tree.set(np.array([1]), np.array([7.0]))
+    assert tree.total == 15.0
+    # cumulative masses: (0,1] -> 0, (1,8] -> 1, (8,11] -> 2, (11,15] -> 3; the empty leaf is never found
+    assert tree.find(np.array([0.5, 1.0, 1.5, 8.0, 8.5, 12.0, 15.0])).tolist() == [0, 0, 1, 1, 2, 3, 3]
+
+
+def test_prioritized_sampling_is_proportional_to_priority_and_weights_correct_for_it():
+    rng = np.random.default_rng(0)
+    buffer = PrioritizedReplayBuffer(4, (1,), np.float32, rng, alpha=1.0, eps=0.0)
+    ids = np.arange(4)
+    buffer.add(ids[:, None], ids, ids, ids[:, None], np.zeros(4))
+    buffer.update_priorities(ids, np.array([1.0, 2.0, 3.0, 4.0]))
+    counts = np.zeros(4)
+    for _ in range(500):
+        counts += np.bincount(buffer.sample(32, beta=1.0).indices, minlength=4)
+    assert counts / counts.sum() == pytest.approx([0.1, 0.2, 0.3, 0.4], abs=0.01)
+    batch = buffer.sample(64, beta=1.0)
+    # w_i = (N P(i))^-1 / max w: inverse to priority, the rarest-sampled transition (priority 1) gets 1
+    expected = {0: 1.0, 1: 0.5, 2: 1 / 3, 3: 0.25}
+    for index, weight in zip(batch.indices, batch.weights, strict=True):
+        assert weight == pytest.approx(expected[int(index)] / max(expected[int(i)] for i in batch.indices))
+
+
+def test_alpha_flattens_priorities_and_new_transitions_get_the_largest():
+    buffer = PrioritizedReplayBuffer(8, (1,), np.float32, np.random.default_rng(0), alpha=0.5, eps=0.0)
+    buffer.add(np.zeros((2, 1)), np.zeros(2), np.zeros(2), np.zeros((2, 1)), np.zeros(2))
+    buffer.update_priorities(np.array([0, 1]), np.array([4.0, -9.0]))  # |TD error| counts
+    assert buffer.tree.get(np.array([0, 1])).tolist() == [2.0, 3.0]
+    buffer.add(np.zeros((1, 1)), np.zeros(1), np.zeros(1), np.zeros((1, 1)), np.zeros(1))
+    assert buffer.tree.get(np.array([2])).tolist() == [3.0]  # max priority 9, to the power 0.5
+
+
+def test_sum_tree_updates_and_samples_in_logarithmic_steps():
+    tree = SumTree(1 << 20)
+    depth = 0
+    node = tree.leaves
+    while node > 1:
+        node //= 2
+        depth += 1
+    assert depth == 20  # both set() and find() walk one node per level: O(log N)
+
+
+VARIANTS = ["dueling=true", "n_step=3", "prioritized_replay=true"]
+TINY = [
+    "n_timesteps=2000",
+    "learning_starts=200",
+    "train_freq=4",
+    "gradient_steps=1",
+    "batch_size=32",
+    "net_arch=[32]",
+    "eval_freq=1000",
+    "eval_episodes=2",
+    "checkpoint_freq=1000",
+    "n_envs=2",
+    "stop_at_eval_return=inf",
+    "target_update_interval=100",
+]
+
+
+@pytest.mark.parametrize("variant", [*VARIANTS, ";".join(VARIANTS)])
+def test_each_variant_trains_and_resumes_exactly(tmp_path: Path, variant: str):
+    """Interrupt at step 1000 (as Ctrl-C would), resume, and match an uninterrupted run bit for bit:
+    n-step's pending steps and the priorities are part of the checkpoint."""
+    _, hp = resolve("CartPole-v1", sets=[*TINY, *variant.split(";")])
+    train("CartPole-v1", hp, seed=2, run_dir=tmp_path / "straight", device="cpu", quiet=True)
+
+    def ctrl_c_at_1000(step: int, mean_return: float) -> None:
+        if step == 1000:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        train(
+            "CartPole-v1",
+            hp,
+            seed=2,
+            run_dir=tmp_path / "resumed",
+            device="cpu",
+            quiet=True,
+            on_evaluation=ctrl_c_at_1000,
+        )
+    result, exact = resume(tmp_path / "resumed", device="cpu", quiet=True)
+    assert exact and result.steps == 2000
+    a, b = (load_file(tmp_path / name / "model.safetensors") for name in ("straight", "resumed"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
