@@ -252,6 +252,37 @@ def record(
 
 @app.command()
 @user_errors
+def bench(
+    env_ids: Annotated[
+        list[str], typer.Argument(metavar="ENV_ID...", help="Games to benchmark, e.g. CartPole-v1.")
+    ],
+    seeds: Annotated[int, typer.Option(help="Seeds per env (1..N).", min=1)] = 5,
+    jobs: Annotated[int, typer.Option(help="Runs trained at once, each in its own process.", min=1)] = 1,
+    name: Annotated[
+        str | None, typer.Option(help="Folder name under runs/bench/ (default: the start time).")
+    ] = None,
+    device: Device = "auto",
+) -> None:
+    """Train N seeds of each env with its preset; write a results table and learning curves.
+
+    Output: runs/bench/<name>/ with a run folder per seed, results.md, results.json and <env>-curves.png.
+    """
+    from dqn_cli.bench import run_bench
+
+    def report(result) -> None:
+        typer.echo(
+            f"{result.env_id} seed {result.seed}: {result.best_model_return:.1f} (best model), "
+            f"{result.final_model_return:.1f} (final), {result.steps:,} steps, {result.wall_time:.0f} s",
+            err=True,
+        )
+
+    bench_dir = run_bench(env_ids, seeds, jobs, name, device, on_result=report)
+    typer.echo((bench_dir / "results.md").read_text())
+    typer.echo(f"Saved in {bench_dir}")
+
+
+@app.command()
+@user_errors
 def presets(
     keys: Annotated[
         bool, typer.Option("--keys", help="List every hyperparameter key with its default.")

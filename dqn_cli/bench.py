@@ -1,0 +1,139 @@
+"""`dqn bench`: train several seeds per env with the shipped presets and summarise them in one folder.
+
+``runs/bench/<name>/`` gets a run folder per (env, seed), ``results.md`` (a markdown table: mean ± std of
+the final 20-episode greedy evaluation, env steps, wall time), ``results.json`` and one learning-curve PNG
+per env (mean over seeds with a min-max band).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from multiprocessing import get_context
+from pathlib import Path
+
+from dqn_cli.config import resolve
+from dqn_cli.envs import check_env_id
+from dqn_cli.runfiles import RUNS_ROOT, env_folder_name, write_atomic
+
+FINAL_EVAL_EPISODES = 20
+FINAL_EVAL_SEED = 0  # the same episodes `dqn eval` plays by default
+
+
+@dataclass
+class SeedResult:
+    env_id: str
+    seed: int
+    run_dir: str
+    steps: int
+    wall_time: float
+    best_model_return: float  # 20 greedy episodes of best.safetensors, what `dqn eval RUN` reports
+    final_model_return: float  # the same for model.safetensors, the weights at the end of training
+
+
+def _greedy_mean(run_dir: Path, final: bool) -> float:
+    import numpy as np
+
+    from dqn_cli.evaluation import evaluate, load_trained, make_policy
+
+    trained = load_trained(run_dir, final=final, device="cpu")
+    policy = make_policy(trained.q_network, trained.n_actions, 0.0, FINAL_EVAL_SEED, trained.device)
+    return float(np.mean(evaluate(policy, trained.env_id, FINAL_EVAL_EPISODES, FINAL_EVAL_SEED)))
+
+
+def _train_and_score(env_id: str, seed: int, run_dir: Path, device: str) -> SeedResult:
+    from dqn_cli.training import train
+
+    preset, hp = resolve(env_id)
+    result = train(env_id, hp, seed=seed, preset=preset, run_dir=run_dir, device=device, quiet=True)
+    return SeedResult(
+        env_id,
+        seed,
+        str(run_dir),
+        result.steps,
+        result.wall_time,
+        _greedy_mean(run_dir, final=False),
+        _greedy_mean(run_dir, final=True),
+    )
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f} ({min(values):.1f})"
+
+
+def _table(results: list[SeedResult], env_ids: list[str]) -> str:
+    lines = [
+        f"| env | seeds | best model, {FINAL_EVAL_EPISODES} greedy episodes: mean ± std (min) "
+        "| final model: mean ± std (min) | env steps (mean) | wall time per seed (mean) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for env_id in env_ids:
+        rows = [r for r in results if r.env_id == env_id]
+        best = [r.best_model_return for r in rows]
+        final = [r.final_model_return for r in rows]
+        steps = statistics.mean(r.steps for r in rows)
+        wall = statistics.mean(r.wall_time for r in rows)
+        lines.append(
+            f"| {env_id} | {len(rows)} | {_spread(best)} | {_spread(final)} | {steps:,.0f} | {wall:.1f} s |"
+        )
+    lines += [
+        "",
+        "| env | seed | best model | final model | env steps | wall time |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {r.env_id} | {r.seed} | {r.best_model_return:.1f} | {r.final_model_return:.1f} | {r.steps:,} "
+        f"| {r.wall_time:.1f} s |"
+        for r in results
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(
+    env_ids: list[str],
+    seeds: int,
+    jobs: int = 1,
+    name: str | None = None,
+    device: str = "auto",
+    runs_root: Path = RUNS_ROOT,
+    on_result=None,
+) -> Path:
+    """Train seeds 1..``seeds`` of every env (``jobs`` processes at once) and write the bench folder."""
+    from dqn_cli.plotting import plot_runs
+
+    for env_id in env_ids:  # every id and preset is checked before anything runs or is written
+        check_env_id(env_id)
+        resolve(env_id)
+    bench_dir = runs_root / "bench" / (name or datetime.now().strftime("%Y%m%d-%H%M%S"))
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    tasks = [
+        (env_id, seed, bench_dir / f"{env_folder_name(env_id)}-s{seed}")
+        for env_id in env_ids
+        for seed in range(1, seeds + 1)
+    ]
+    results: list[SeedResult] = []
+    if jobs <= 1:
+        for env_id, seed, run_dir in tasks:
+            results.append(_train_and_score(env_id, seed, run_dir, device))
+            if on_result:
+                on_result(results[-1])
+    else:
+        # separate processes, not threads: each trains with its own torch and its own core
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            futures = [
+                pool.submit(_train_and_score, env_id, seed, run_dir, device)
+                for env_id, seed, run_dir in tasks
+            ]
+            for future in futures:
+                results.append(future.result())
+                if on_result:
+                    on_result(results[-1])
+    write_atomic(bench_dir / "results.md", _table(results, env_ids).encode())
+    write_atomic(bench_dir / "results.json", json.dumps([asdict(r) for r in results], indent=2).encode())
+    for env_id in env_ids:
+        runs = [Path(r.run_dir) for r in results if r.env_id == env_id]
+        plot_runs(runs, out=bench_dir / f"{env_folder_name(env_id)}-curves.png")
+    return bench_dir
