@@ -44,10 +44,10 @@ def _greedy_mean(run_dir: Path, final: bool) -> float:
     return float(np.mean(evaluate(policy, trained.env_id, FINAL_EVAL_EPISODES, FINAL_EVAL_SEED)))
 
 
-def _train_and_score(env_id: str, seed: int, run_dir: Path, device: str) -> SeedResult:
+def _train_and_score(env_id: str, seed: int, run_dir: Path, device: str, sets: list[str]) -> SeedResult:
     from dqn_cli.training import train
 
-    preset, hp = resolve(env_id)
+    preset, hp = resolve(env_id, sets=sets)
     result = train(env_id, hp, seed=seed, preset=preset, run_dir=run_dir, device=device, quiet=True)
     return SeedResult(
         env_id,
@@ -99,14 +99,17 @@ def run_bench(
     name: str | None = None,
     device: str = "auto",
     runs_root: Path = RUNS_ROOT,
+    sets: list[str] | None = None,
     on_result=None,
 ) -> Path:
-    """Train seeds 1..``seeds`` of every env (``jobs`` processes at once) and write the bench folder."""
+    """Train seeds 1..``seeds`` of every env (``jobs`` processes at once) and write the bench folder;
+    ``sets`` are ``key=value`` overrides applied to every env's preset."""
+    sets = sets or []
     from dqn_cli.plotting import plot_runs
 
     for env_id in env_ids:  # every id and preset is checked before anything runs or is written
         check_env_id(env_id)
-        resolve(env_id)
+        resolve(env_id, sets=sets)
     bench_dir = runs_root / "bench" / (name or datetime.now().strftime("%Y%m%d-%H%M%S"))
     bench_dir.mkdir(parents=True, exist_ok=True)
     tasks = [
@@ -117,14 +120,14 @@ def run_bench(
     results: list[SeedResult] = []
     if jobs <= 1:
         for env_id, seed, run_dir in tasks:
-            results.append(_train_and_score(env_id, seed, run_dir, device))
+            results.append(_train_and_score(env_id, seed, run_dir, device, sets))
             if on_result:
                 on_result(results[-1])
     else:
         # separate processes, not threads: each trains with its own torch and its own core
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
             futures = [
-                pool.submit(_train_and_score, env_id, seed, run_dir, device)
+                pool.submit(_train_and_score, env_id, seed, run_dir, device, sets)
                 for env_id, seed, run_dir in tasks
             ]
             for future in futures:

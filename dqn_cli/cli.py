@@ -258,6 +258,10 @@ def bench(
     ],
     seeds: Annotated[int, typer.Option(help="Seeds per env (1..N).", min=1)] = 5,
     jobs: Annotated[int, typer.Option(help="Runs trained at once, each in its own process.", min=1)] = 1,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a hyperparameter of every env's preset, key=value. Repeatable."),
+    ] = None,
     name: Annotated[
         str | None, typer.Option(help="Folder name under runs/bench/ (default: the start time).")
     ] = None,
@@ -276,7 +280,7 @@ def bench(
             err=True,
         )
 
-    bench_dir = run_bench(env_ids, seeds, jobs, name, device, on_result=report)
+    bench_dir = run_bench(env_ids, seeds, jobs, name, device, sets=set_, on_result=report)
     typer.echo((bench_dir / "results.md").read_text())
     typer.echo(f"Saved in {bench_dir}")
 
