@@ -15,7 +15,8 @@ import typer
 app = typer.Typer(
     name="dqn",
     help="Train, evaluate and record Deep Q-Network agents on gymnasium games.\n\n"
-    "Start with `dqn train CartPole-v1`, then `dqn eval` and `dqn record` on the newest run.",
+    "Start with `dqn train CartPole-v1`, then `dqn eval` and `dqn record` on the newest run; "
+    "`dqn runs` lists runs.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -220,6 +221,68 @@ def presets(
         return
     for name in cfg.available_presets():
         typer.echo(name)
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+STATE_STYLES = {
+    "finished": "green",
+    "running": "cyan",
+    "interrupted": "yellow",
+    "diverged": "red",
+}
+
+
+@app.command()
+@user_errors
+def runs(
+    env: Annotated[
+        str | None, typer.Option("--env", help="Only the runs of this game, e.g. CartPole-v1.")
+    ] = None,
+) -> None:
+    """List the runs under ./runs, oldest first: steps done and planned, evaluations, time and state
+    (running, finished, interrupted, or diverged)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from dqn_cli.runlist import list_runs
+
+    found = list_runs(env_id=env)
+    if not found:
+        where = f" for {env}" if env else ""
+        typer.echo(f"No runs{where} under ./runs yet; start one with `dqn train ENV_ID`.")
+        return
+    table = Table()
+    table.add_column("env", overflow="fold")
+    table.add_column("run", overflow="fold")
+    for numeric in ("steps", "best eval", "last eval", "wall time"):
+        table.add_column(numeric, justify="right")
+    table.add_column("status", no_wrap=True)
+    for run in found:
+        steps = f"{_number(run.step, 0)} / {_number(run.planned_steps, 0)}"
+        style = STATE_STYLES.get(run.state, "")
+        table.add_row(
+            run.env_id,
+            run.run_dir.name,
+            steps,
+            _number(run.best_eval),
+            _number(run.last_eval),
+            _duration(run.wall_time),
+            f"[{style}]{run.state}[/]" if style else run.state,
+        )
+    Console().print(table)
 
 
 def main() -> None:
