@@ -16,7 +16,7 @@ app = typer.Typer(
     name="dqn",
     help="Train, evaluate and record Deep Q-Network agents on gymnasium games.\n\n"
     "Start with `dqn train CartPole-v1`, then `dqn eval` and `dqn record` on the newest run; "
-    "`dqn runs` lists runs.",
+    "`dqn runs` lists runs, `dqn plot` draws them.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -283,6 +283,30 @@ def runs(
             f"[{style}]{run.state}[/]" if style else run.state,
         )
     Console().print(table)
+
+
+@app.command()
+@user_errors
+def plot(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(metavar="RUN...", help="Run folders to draw, e.g. runs/CartPole-v1/*.")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="PNG file to write. Default: curves.png in the run folder for one run, or in the folder "
+            "the runs share for several."
+        ),
+    ] = None,
+    smooth: Annotated[
+        int, typer.Option(help="Episodes in the rolling mean of the episode returns.", min=1)
+    ] = 20,
+) -> None:
+    """Draw learning curves (episode return vs env steps, evaluations as dots) of runs into one PNG.
+    Runs of one game that differ only in seed are drawn as their mean with a min-max band."""
+    from dqn_cli.plotting import plot_runs
+
+    typer.echo(str(plot_runs(run_dirs, out, smooth)))
 
 
 def main() -> None:
