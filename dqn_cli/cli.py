@@ -17,7 +17,8 @@ from dqn_cli.errors import UserError
 app = typer.Typer(
     name="dqn",
     help="Train, evaluate and record Deep Q-Network agents on gymnasium games.\n\n"
-    "Start with `dqn train CartPole-v1`, then `dqn eval` and `dqn record` on the newest run.",
+    "Start with `dqn train CartPole-v1`, then `dqn eval` and `dqn record` on the newest run; "
+    "`dqn runs` lists runs, `dqn plot` draws them, `dqn tune` searches hyperparameters.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -302,6 +303,147 @@ def presets(
         return
     for name in cfg.available_presets():
         typer.echo(name)
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+STATE_STYLES = {
+    "finished": "green",
+    "running": "cyan",
+    "interrupted": "yellow",
+    "pruned": "magenta",
+    "diverged": "red",
+}
+
+
+@app.command()
+@user_errors
+def runs(
+    env: Annotated[
+        str | None, typer.Option("--env", help="Only the runs of this game, e.g. CartPole-v1.")
+    ] = None,
+) -> None:
+    """List the runs under ./runs, oldest first: steps done and planned, evaluations, time and state
+    (running, finished, interrupted, diverged, or pruned by `dqn tune`)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from dqn_cli.runlist import list_runs
+
+    found = list_runs(env_id=env)
+    if not found:
+        where = f" for {env}" if env else ""
+        typer.echo(f"No runs{where} under ./runs yet; start one with `dqn train ENV_ID`.")
+        return
+    table = Table()
+    table.add_column("env", overflow="fold")
+    table.add_column("run", overflow="fold")
+    for numeric in ("steps", "best eval", "last eval", "wall time"):
+        table.add_column(numeric, justify="right")
+    table.add_column("status", no_wrap=True)
+    for run in found:
+        steps = f"{_number(run.step, 0)} / {_number(run.planned_steps, 0)}"
+        style = STATE_STYLES.get(run.state, "")
+        table.add_row(
+            run.env_id,
+            run.run_dir.name,
+            steps,
+            _number(run.best_eval),
+            _number(run.last_eval),
+            _duration(run.wall_time),
+            f"[{style}]{run.state}[/]" if style else run.state,
+        )
+    Console().print(table)
+
+
+@app.command()
+@user_errors
+def plot(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(metavar="RUN...", help="Run folders to draw, e.g. runs/CartPole-v1/*.")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="PNG file to write. Default: curves.png in the run folder for one run, or in the folder "
+            "the runs share for several."
+        ),
+    ] = None,
+    smooth: Annotated[
+        int, typer.Option(help="Episodes in the rolling mean of the episode returns.", min=1)
+    ] = 20,
+) -> None:
+    """Draw learning curves (episode return vs env steps, evaluations as dots) of runs into one PNG.
+    Runs of one game that differ only in seed are drawn as their mean with a min-max band."""
+    from dqn_cli.plotting import plot_runs
+
+    typer.echo(str(plot_runs(run_dirs, out, smooth)))
+
+
+@app.command()
+@user_errors
+def tune(
+    env_id: Annotated[str, typer.Argument(help="Gymnasium id of the game, e.g. CartPole-v1.")],
+    trials: Annotated[
+        int, typer.Option(help="Trials the study holds when done, counting those run before.", min=1)
+    ],
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna storage, a SQLAlchemy URL: workers on many machines share a study through "
+            "e.g. postgresql://user:password@host/db. Default: sqlite:///runs/tune/<study>.db."
+        ),
+    ] = None,
+    study: Annotated[
+        str | None,
+        typer.Option(help="Study name; an existing one is continued. Default: <env-id>-<time>."),
+    ] = None,
+    jobs: Annotated[int, typer.Option(help="Worker processes on this machine.", min=1)] = 1,
+    space: Annotated[
+        Path | None,
+        typer.Option(help="Search space TOML file. Default: the space shipped for the game's family."),
+    ] = None,
+    device: Device = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result.")] = False,
+) -> None:
+    """Search hyperparameters with Optuna: each trial is an ordinary run, pruned early when its evaluations
+    trail the others'. Prints the best parameters and writes them as a preset for `dqn train --config`."""
+    from dqn_cli.tuning import WorkerFailed, prepare, shown_storage
+    from dqn_cli.tuning import tune as run_study
+
+    job = prepare(env_id, trials, storage=storage, study=study, space_file=space, device=device, quiet=quiet)
+    if not quiet:
+        typer.echo(
+            f"Study {job.study} in {shown_storage(job.storage)}: {trials} trials, {jobs} worker(s), "
+            f"search space {job.space.name}"
+        )
+    try:
+        result = run_study(job, jobs)
+    except WorkerFailed as exc:
+        _fail(str(exc), code=1)
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(result.counts.items()))
+    typer.echo(f"Study {result.study}: {counts or 'no trials'}")
+    if result.best is None:
+        _fail("no trial completed, so there is no best preset", code=1)
+    best = result.best
+    typer.echo(f"Best: trial {best.number}, eval return {best.value:.1f} after {best.steps:,} steps")
+    typer.echo(f"  run: {best.run_dir}")
+    for key, value in best.params.items():
+        typer.echo(f"  {key} = {value}")
+    typer.echo(f"Preset written to {best.preset_file}")
+    typer.echo(f"Next: dqn train {env_id} --config {best.preset_file}")
 
 
 def main() -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from dqn_cli.errors import UserError
 
 METRICS_FILE = "metrics.csv"
 COLUMNS = ("step", "wall_time", "episode_return", "episode_length", "loss", "epsilon", "eval_return")
@@ -79,3 +82,41 @@ class MetricsLogger:
     def close(self) -> None:
         self._file.close()
         self._tb.close()
+
+
+@dataclass
+class Curves:
+    """What ``metrics.csv`` holds, as columns against env steps: episode ends and greedy evaluations."""
+
+    episode_steps: list[int] = field(default_factory=list)
+    episode_returns: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    eval_returns: list[float] = field(default_factory=list)
+    last_step: int = 0
+    last_wall_time: float = 0.0
+
+
+def read_metrics(run_dir: Path) -> Curves:
+    """Read a run's ``metrics.csv``; rows that do not parse (a line still being written) are skipped."""
+    path = run_dir / METRICS_FILE
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    curves = Curves()
+    for row in rows:
+        if None in row.values():  # fewer cells than columns
+            continue
+        try:
+            step, wall_time = int(row["step"]), float(row["wall_time"])
+            if row["eval_return"]:
+                curves.eval_returns.append(float(row["eval_return"]))
+                curves.eval_steps.append(step)
+            else:
+                curves.episode_returns.append(float(row["episode_return"]))
+                curves.episode_steps.append(step)
+        except (KeyError, TypeError, ValueError):
+            continue
+        curves.last_step, curves.last_wall_time = step, wall_time
+    return curves

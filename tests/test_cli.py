@@ -102,6 +102,10 @@ def test_train_eval_record_end_to_end(tmp_path: Path):
         (["train", "CartPole-v1", "--sett", "x"], ["No such option: --sett"]),
         (["train"], ["missing ENV_ID"]),
         (["nosuch"], ["No such command"]),
+        (["tune", "CartPol-v1", "--trials", "2"], ["unknown environment id 'CartPol-v1'"]),
+        (["tune", "CartPole-v1", "--trials", "2", "--study", "a/b"], ["study name 'a/b'"]),
+        (["tune", "CartPole-v1", "--trials", "2", "--storage", "nonsense"], ["not a database URL"]),
+        (["tune", "CartPole-v1", "--trials", "2", "--space", "missing.toml"], ["cannot read search space"]),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args, fragments):
@@ -122,10 +126,13 @@ def test_record_rejects_unknown_video_format(tiny_run: Path, tmp_path: Path):
 @pytest.mark.parametrize(
     ("command", "options"),
     [
-        (None, ["train", "eval", "record", "presets"]),
+        (None, ["train", "eval", "record", "presets", "runs", "plot", "tune"]),
         ("train", ["--seed", "--steps", "--config", "--set", "--run-dir", "--device", "--quiet"]),
         ("eval", ["--episodes", "--epsilon", "--seed", "--json", "--render", "--final", "--device"]),
         ("record", ["--episodes", "--out", "--epsilon", "--seed", "--final", "--device"]),
+        ("runs", ["--env"]),
+        ("plot", ["--out", "--smooth"]),
+        ("tune", ["--trials", "--storage", "--study", "--jobs", "--space", "--device", "--quiet"]),
     ],
 )
 def test_help_explains_every_option(tmp_path: Path, command, options):
@@ -137,7 +144,7 @@ def test_help_explains_every_option(tmp_path: Path, command, options):
         assert result.stdout.count("--") >= len(options)
 
 
-def test_help_imports_neither_torch_nor_gymnasium(tmp_path: Path):
+def test_help_imports_none_of_the_heavy_libraries(tmp_path: Path):
     probe = (
         "import sys\n"
         "from dqn_cli.cli import app\n"
@@ -145,7 +152,8 @@ def test_help_imports_neither_torch_nor_gymnasium(tmp_path: Path):
         "    app(['--help'])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "print(sorted(m for m in ('torch', 'gymnasium', 'numpy') if m in sys.modules))\n"
+        "heavy = ('torch', 'gymnasium', 'numpy', 'optuna', 'matplotlib', 'sqlalchemy')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,331 @@
+"""`dqn tune`: an Optuna study whose trials are ordinary training runs.
+
+Each trial samples hyperparameters from a declared search space (``search_space.py``), trains with seed =
+its trial number into ``runs/<env-id>/tune-<study>-t<number>/``, reports every periodic evaluation to
+Optuna so its MedianPruner can stop a poor trial early, and scores its best evaluation return.
+
+The study lives in Optuna's RDB storage: a SQLite file under ``runs/tune/`` by default, or any SQLAlchemy
+URL (PostgreSQL, MySQL) that workers on many machines share. Workers are processes, not threads: torch
+keeps the GIL in its Python parts and every run pins itself to one thread. A worker takes trials until
+the study holds the requested number in total, counting and creating each trial under a lock so that two
+workers starting at the same moment never make one too many.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import tomli_w
+
+from dqn_cli import config as cfg
+from dqn_cli.errors import UserError
+from dqn_cli.runfiles import RUNS_ROOT, env_folder_name, read_status, write_atomic, write_status
+from dqn_cli.search_space import SearchSpace, load_space, space_for
+
+if TYPE_CHECKING:
+    import optuna
+    import sqlalchemy
+
+    from dqn_cli.training import TrainResult
+
+TUNE_DIR = "tune"  # under runs/: the default SQLite studies and the best presets
+SQLITE_BUSY_TIMEOUT = 60.0  # seconds a worker waits for another's write instead of failing
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class WorkerFailed(RuntimeError):
+    """A worker process ended with an error; its traceback is on stderr."""
+
+
+@dataclass(frozen=True)
+class TuneJob:
+    """Everything a worker needs; plain data, so it pickles into a spawned process."""
+
+    env_id: str
+    preset: str
+    base: cfg.Hyperparameters  # the preset with the space's [fixed] values applied
+    space: SearchSpace
+    storage: str
+    study: str
+    n_trials: int
+    runs_root: Path
+    device: str
+    quiet: bool
+
+
+@dataclass(frozen=True)
+class BestTrial:
+    number: int
+    value: float
+    steps: int
+    params: dict[str, Any]  # the searched hyperparameters, as the run used them
+    run_dir: str
+    preset_file: Path
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    study: str
+    counts: dict[str, int]  # trial state name (COMPLETE, PRUNED, FAIL, RUNNING) -> trials
+    best: BestTrial | None
+
+
+def prepare(
+    env_id: str,
+    n_trials: int,
+    *,
+    storage: str | None = None,
+    study: str | None = None,
+    space_file: Path | None = None,
+    runs_root: Path = RUNS_ROOT,
+    device: str = "auto",
+    quiet: bool = False,
+) -> TuneJob:
+    """Check everything a study needs before any file or database is touched."""
+    from dqn_cli.envs import check_env_id
+
+    check_env_id(env_id)
+    study = study or f"{env_folder_name(env_id)}-{datetime.now():%Y%m%d-%H%M%S}"
+    if not STUDY_NAME.fullmatch(study):
+        raise UserError(f"study name {study!r} may use only letters, digits, '.', '_' and '-'")
+    space = space_for(env_id) if space_file is None else load_space(space_file)
+    preset, hp = cfg.resolve(env_id)
+    base = cfg.apply_overrides(hp, space.fixed)
+    if base.eval_freq <= 0:
+        raise UserError("tuning scores trials by their evaluations: eval_freq must be > 0")
+    storage = storage or f"sqlite:///{(runs_root / TUNE_DIR / f'{study}.db').resolve()}"
+    parse_storage_url(storage)
+    return TuneJob(env_id, preset, base, space, storage, study, n_trials, runs_root, device, quiet)
+
+
+def tune(job: TuneJob, jobs: int = 1) -> TuneResult:
+    """Create (or join) the study, run ``jobs`` workers until it holds ``job.n_trials`` trials, and write
+    the best trial's hyperparameters as a preset."""
+    import optuna
+
+    with _study_lock(job):  # a fresh database gets its tables once, not by two workers at a time
+        optuna.create_study(
+            study_name=job.study, storage=open_storage(job.storage), direction="maximize", load_if_exists=True
+        )
+    if jobs == 1:
+        work(job)
+    else:
+        _run_workers(job, jobs)
+    return summarize(job)
+
+
+def parse_storage_url(url: str) -> sqlalchemy.engine.URL:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url)
+    except ArgumentError:
+        raise UserError(
+            f"--storage {url!r} is not a database URL (e.g. sqlite:///tune.db or "
+            "postgresql://user:password@host/db)"
+        ) from None
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    parsed = parse_storage_url(url)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI prints its own line per trial
+    engine_kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except ModuleNotFoundError as exc:
+        raise UserError(
+            f"the database driver {exc.name!r} for {parsed.drivername} is not installed "
+            "(PostgreSQL: pip install psycopg2-binary; MySQL: pip install pymysql)"
+        ) from None
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+        raise UserError(f"cannot open storage {shown_storage(url)}: {str(exc).splitlines()[0]}") from None
+
+
+def shown_storage(url: str) -> str:
+    """The storage URL with its password masked, for printing."""
+    return parse_storage_url(url).render_as_string(hide_password=True)
+
+
+@contextmanager
+def _study_lock(job: TuneJob) -> Iterator[None]:
+    """Serialize "count the trials, then start one" among the workers of this machine. A SQLite study's
+    workers all share its file, so the lock sits beside it; other storages lock per machine."""
+    from optuna.storages.journal import JournalFileOpenLock
+
+    url = parse_storage_url(job.storage)
+    if url.get_backend_name() == "sqlite" and url.database:
+        path = Path(url.database).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        digest = hashlib.sha256(f"{job.storage}\n{job.study}".encode()).hexdigest()[:16]
+        path = Path(tempfile.gettempdir()) / f"dqn-tune-{digest}"
+    lock = JournalFileOpenLock(str(path))
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _run_workers(job: TuneJob, jobs: int) -> None:
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: forking torch is unsafe
+    workers = [context.Process(target=work, args=(job,), name=f"dqn-tune-{i}") for i in range(jobs)]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            worker.join()
+    except KeyboardInterrupt:  # Ctrl-C reached the workers too: let them record their trials as failed
+        for worker in workers:
+            worker.join()
+        raise
+    failed = [worker.exitcode for worker in workers if worker.exitcode]
+    if failed:
+        raise WorkerFailed(f"{len(failed)} of {jobs} tuning workers failed (exit codes {failed})")
+
+
+def work(job: TuneJob) -> None:
+    """One worker: take trials until the study holds ``job.n_trials`` of them."""
+    import optuna
+
+    study = optuna.load_study(
+        study_name=job.study,
+        storage=open_storage(job.storage),
+        pruner=optuna.pruners.MedianPruner(**job.space.pruner),
+    )
+    while (trial := _claim_trial(study, job)) is not None:
+        _run_trial(study, trial, job)
+
+
+def _claim_trial(study: optuna.Study, job: TuneJob) -> optuna.Trial | None:
+    with _study_lock(job):
+        if len(study.get_trials(deepcopy=False)) >= job.n_trials:
+            return None
+        return study.ask()
+
+
+def _run_trial(study: optuna.Study, trial: optuna.Trial, job: TuneJob) -> None:
+    """Train one sampled configuration and tell Optuna how it went: complete, pruned or failed."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from dqn_cli.training import TrainingDiverged, train
+
+    run_dir = job.runs_root / env_folder_name(job.env_id) / f"tune-{job.study}-t{trial.number}"
+    trial.set_user_attr("run_dir", str(run_dir))
+    params = job.space.sample(trial)
+    started = time.perf_counter()
+
+    def on_evaluation(step: int, mean_return: float) -> None:
+        trial.report(mean_return, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step:,} (eval return {mean_return:.1f})")
+
+    try:
+        hp = cfg.apply_overrides(job.base, params)
+        trial.set_user_attr("hyperparameters", hp.to_dict())
+        result = train(
+            job.env_id,
+            hp,
+            seed=trial.number,
+            preset=job.preset,
+            run_dir=run_dir,
+            device=job.device,
+            quiet=True,
+            runs_root=job.runs_root,
+            on_evaluation=on_evaluation,
+        )
+    except optuna.TrialPruned as exc:
+        write_status(run_dir, **{**(read_status(run_dir) or {}), "state": "pruned"})  # not "interrupted"
+        study.tell(trial, state=TrialState.PRUNED)
+        _say(job, f"trial {trial.number} {exc} after {time.perf_counter() - started:.1f}s")
+        return
+    except (UserError, TrainingDiverged) as exc:
+        trial.set_user_attr("error", str(exc))
+        study.tell(trial, state=TrialState.FAIL)
+        _say(job, f"trial {trial.number} failed: {exc}")
+        return
+    except BaseException:
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    _hold_after_stop(trial, hp, result)
+    trial.set_user_attr("steps", result.steps)
+    study.tell(trial, result.best_eval)
+    shown = ", ".join(f"{key}={value}" for key, value in params.items())
+    _say(
+        job,
+        f"trial {trial.number}: best eval {result.best_eval:.1f} at {result.steps:,} steps in "
+        f"{result.wall_time:.1f}s ({shown})",
+    )
+
+
+def _hold_after_stop(trial: optuna.Trial, hp: cfg.Hyperparameters, result: TrainResult) -> None:
+    """A run that stopped because an evaluation reached ``stop_at_eval_return`` is reported as holding
+    that return for the rest of its budget, so the pruner measures later steps of slower trials against
+    it rather than only against other slow ones."""
+    if result.steps >= hp.n_timesteps or (result.last_eval or -float("inf")) < hp.stop_at_eval_return:
+        return
+    first = (result.steps // hp.eval_freq + 1) * hp.eval_freq
+    for step in range(first, hp.n_timesteps + 1, hp.eval_freq):
+        trial.report(result.last_eval, step)
+
+
+def _say(job: TuneJob, line: str) -> None:
+    if not job.quiet:
+        print(line, flush=True)
+
+
+def summarize(job: TuneJob) -> TuneResult:
+    """Count the study's trials and write the best one's hyperparameters as ``runs/tune/<study>-best.toml``.
+
+    Best is the highest best-evaluation return; among equals (CartPole trials all stop at 500) the one
+    that got there in the fewest env steps.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=job.study, storage=open_storage(job.storage))
+    trials = study.get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    for trial in trials:
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and "steps" in t.user_attrs]
+    if not complete:
+        return TuneResult(job.study, counts, None)
+    best = max(complete, key=lambda t: (t.value, -t.user_attrs["steps"]))
+    hp = best.user_attrs["hyperparameters"]
+    path = job.runs_root / TUNE_DIR / f"{job.study}-best.toml"
+    header = (
+        f"# Best trial ({best.number}, best eval return {best.value:.1f}) of Optuna study {job.study} "
+        f"for {job.env_id}.\n# Train with it: dqn train {job.env_id} --config {path}\n"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, (header + tomli_w.dumps(hp)).encode())
+    return TuneResult(
+        job.study,
+        counts,
+        BestTrial(
+            best.number,
+            float(best.value),
+            best.user_attrs["steps"],
+            {key: hp[key] for key in best.params},
+            best.user_attrs["run_dir"],
+            path,
+        ),
+    )

@@ -1,0 +1,88 @@
+"""`dqn eval --render` opens a real window: run it under a virtual X server and look at what it drew."""
+
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("Xvfb") is None or shutil.which("xwininfo") is None,
+    reason="needs Xvfb and xwininfo (Debian: apt-get install xvfb x11-utils; .ci/run installs them)",
+)
+
+POLE_COLOR = (202, 152, 101)  # gymnasium's CartPole paints its pole in this colour
+
+
+@pytest.fixture
+def x_server(tmp_path: Path):
+    """An Xvfb display whose screen is also mapped to a file (XWD format) that the test can read. Xvfb
+    picks a free display number itself and writes it to ``-displayfd`` once it accepts clients."""
+    read_end, write_end = os.pipe()
+    server = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_end), "-screen", "0", "800x600x24", "-fbdir", str(tmp_path)],
+        pass_fds=(write_end,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write_end)
+    with os.fdopen(read_end) as announced:
+        display = announced.readline().strip()
+    assert display.isdigit(), "Xvfb did not start"
+    yield f":{display}", tmp_path / "Xvfb_screen0"
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def screen_pixels(xwd_file: Path) -> np.ndarray:
+    """The RGB pixels of Xvfb's framebuffer file (an XWD image of 32-bit pixels)."""
+    data = xwd_file.read_bytes()
+    header = struct.unpack(">25I", data[:100])
+    header_size, width, height, byte_order, line_bytes, n_colors = (header[i] for i in (0, 4, 5, 7, 12, 19))
+    pixels = np.frombuffer(
+        data,
+        dtype="<u4" if byte_order == 0 else ">u4",  # 0: least significant byte first
+        count=height * line_bytes // 4,
+        offset=header_size + 12 * n_colors,  # past the header, window name and colour map
+    )
+    pixels = pixels.reshape(height, line_bytes // 4)[:, :width]
+    return np.stack([(pixels >> 16) & 255, (pixels >> 8) & 255, pixels & 255], axis=-1).astype(np.uint8)
+
+
+def test_eval_render_draws_the_game_in_a_window(tiny_run: Path, tmp_path: Path, x_server):
+    display, framebuffer = x_server
+    env = {**os.environ, "DISPLAY": display}
+    player = subprocess.Popen(
+        [sys.executable, "-m", "dqn_cli", "eval", str(tiny_run), "--render", "--episodes", "1000"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        window, tree = None, ""
+        deadline = time.monotonic() + 60
+        while window is None and time.monotonic() < deadline and player.poll() is None:
+            listing = subprocess.run(["xwininfo", "-root", "-tree"], env=env, capture_output=True, text=True)
+            tree = listing.stdout
+            window = re.search(r'"pygame window".*?(\d+)x(\d+)\+(\d+)\+(\d+)', tree)
+            time.sleep(0.1)
+        ended = player.poll() is not None
+        assert window is not None, player.stderr.read() if ended else f"no game window in:\n{tree}"
+        width, height, x, y = map(int, window.groups())
+        assert (width, height) == (600, 400)  # CartPole's screen
+        time.sleep(0.5)  # let a few frames be drawn
+        drawn = screen_pixels(framebuffer)[y : y + height, x : x + width]
+    finally:
+        player.kill()  # SDL turns SIGTERM into a quit event that the game loop never reads
+        player.wait(timeout=10)
+    white = np.all(drawn == 255, axis=-1).mean()
+    pole = np.all(drawn == POLE_COLOR, axis=-1).sum()
+    assert white > 0.8 and pole > 100  # the white scene with the pole on it, not a blank window
