@@ -4,6 +4,7 @@ target network, evaluate periodically and keep the best model, checkpoint so a r
 from __future__ import annotations
 
 import math
+import os
 import random
 import signal
 import time
@@ -105,8 +106,6 @@ class _StopSignals:
     def _handle(self, signum: int, frame: object) -> None:
         if self.received is not None and signum == signal.SIGINT:
             # The checkpoint being written, if any, goes to a temporary name: the last good one stays.
-            import os
-
             os._exit(130)
         self.received = signum
 
