@@ -172,8 +172,13 @@ def _storage_errors(url: str) -> Iterator[None]:
         raise UserError(f"cannot open storage {shown_storage(url)}: {str(exc).splitlines()[0]}") from None
 
 
-# Session-level named locks of the database servers that workers on many machines share.
-SERVER_LOCKS = {"postgresql": "SELECT pg_advisory_lock(:lock)", "mysql": "SELECT GET_LOCK(:lock, -1)"}
+# Session-level named locks of the database servers that workers on many machines share; each query
+# waits for the lock and returns 1 once held (MariaDB reads GET_LOCK's "-1 = forever" as "don't wait").
+SERVER_LOCK_TIMEOUT = 3600  # seconds; the lock is held only while a trial is counted and created
+SERVER_LOCKS = {
+    "postgresql": "SELECT 1 FROM pg_advisory_lock(:lock)",
+    "mysql": f"SELECT GET_LOCK(:lock, {SERVER_LOCK_TIMEOUT})",
+}
 
 
 @contextmanager
@@ -182,32 +187,47 @@ def _study_lock(job: TuneJob) -> Iterator[None]:
     study's workers. On PostgreSQL and MySQL it is a named lock on the server, which workers on every
     machine queue for; a SQLite study's workers all share its file and lock a file beside it; any other
     storage is locked per machine."""
-    from optuna.storages.journal import JournalFileOpenLock
+    url = parse_storage_url(job.storage)
+    digest = hashlib.sha256(f"dqn-tune\n{job.study}".encode()).digest()
+    if url.get_backend_name() in SERVER_LOCKS:
+        lock = _server_lock(job.storage, digest)
+    elif url.get_backend_name() == "sqlite" and url.database:
+        path = Path(url.database).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = _file_lock(path)
+    else:
+        lock = _file_lock(Path(tempfile.gettempdir()) / f"dqn-tune-{digest.hex()[:16]}")
+    with lock:
+        yield
+
+
+@contextmanager
+def _server_lock(storage: str, digest: bytes) -> Iterator[None]:
     from sqlalchemy import create_engine, text
     from sqlalchemy.pool import NullPool
 
-    url = parse_storage_url(job.storage)
-    backend = url.get_backend_name()
-    digest = hashlib.sha256(f"dqn-tune\n{job.study}".encode()).digest()
-    if backend in SERVER_LOCKS:
-        lock_id: int | str = f"dqn-tune-{digest.hex()[:48]}"  # MySQL: a name of up to 64 characters
-        if backend == "postgresql":
-            lock_id = int.from_bytes(digest[:8], "big", signed=True)  # a bigint key
-        with _storage_errors(job.storage):
-            engine = create_engine(url, poolclass=NullPool)
-            connection = engine.connect()
-            connection.execute(text(SERVER_LOCKS[backend]), {"lock": lock_id})
-        try:
-            yield
-        finally:
-            connection.close()  # ends the database session, and with it the lock
-            engine.dispose()
-        return
-    if backend == "sqlite" and url.database:
-        path = Path(url.database).resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-    else:
-        path = Path(tempfile.gettempdir()) / f"dqn-tune-{digest.hex()[:16]}"
+    url = parse_storage_url(storage)
+    lock_id: int | str = f"dqn-tune-{digest.hex()[:48]}"  # MySQL: a name of up to 64 characters
+    if url.get_backend_name() == "postgresql":
+        lock_id = int.from_bytes(digest[:8], "big", signed=True)  # a bigint key
+    with _storage_errors(storage):
+        engine = create_engine(url, poolclass=NullPool)
+        connection = engine.connect()
+        held = connection.execute(text(SERVER_LOCKS[url.get_backend_name()]), {"lock": lock_id}).scalar()
+    try:
+        if held != 1:
+            raise UserError(f"could not take the study's lock on {shown_storage(storage)}")
+        yield
+    finally:
+        connection.close()  # ends the database session, and with it the lock
+        engine.dispose()
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Optuna's lock file (``<path>.lock``, made with O_EXCL), which works on any OS and NFS."""
+    from optuna.storages.journal import JournalFileOpenLock
+
     lock = JournalFileOpenLock(str(path))
     lock.acquire()
     try:
