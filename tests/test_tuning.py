@@ -67,6 +67,7 @@ def test_every_shipped_space_declares_parameters():
         ("[params.gamma]\ntype = 'categorical'\nchoices = [0.9, 2.0]", "gamma"),
         ("[params.batch_size]\ntype = 'float'\nlow = 16\nhigh = 64", 'type = "int"'),
         ("[params.tau]\ntype = 'uniform'", "needs type"),
+        ("[params.tau]\ntype = 'float'\nlow = 0.5\nhigh = 1.0\nstep = 0", "step must be a number > 0"),
         ("[params.tau]\ntype = 'float'\nlow = 0.0\nhigh = 1.0\nlog = true", "log = true needs low > 0"),
         ("[fixed]\nn_timesteps = 1000", "declares no [params.NAME]"),
         ("[fixed]\nbatch_size = 8\n[params.batch_size]\ntype = 'int'\nlow = 8\nhigh = 64", "both fixed"),
