@@ -105,7 +105,9 @@ def prepare(
     if base.eval_freq <= 0:
         raise UserError("tuning scores trials by their evaluations: eval_freq must be > 0")
     storage = storage or f"sqlite:///{(runs_root / TUNE_DIR / f'{study}.db').resolve()}"
-    parse_storage_url(storage)
+    url = parse_storage_url(storage)
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        raise UserError("an in-memory SQLite study lives in one process only; give a file: sqlite:///FILE.db")
     return TuneJob(env_id, preset, base, space, storage, study, n_trials, runs_root, device, quiet)
 
 
