@@ -403,7 +403,7 @@ def tune(
         str | None,
         typer.Option(
             help="Optuna storage, a SQLAlchemy URL: workers on many machines share a study through "
-            "e.g. postgresql://user:password@host/db. Default: sqlite:///runs/tune/<study>.db."
+            "e.g. postgresql+psycopg://user:password@host/db. Default: sqlite:///runs/tune/<study>.db."
         ),
     ] = None,
     study: Annotated[

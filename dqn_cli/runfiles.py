@@ -1,9 +1,10 @@
 """Run folders and model files: where a run lives, and how models are saved and loaded without pickle.
 
-Layout: ``runs/<env-id>/<run-name>/`` with ``config.toml``, ``metrics.csv``, TensorBoard events under
-``tb/``, ``model.safetensors`` + ``model.json`` (end of training), ``best.safetensors`` + ``best.json``
-(best periodic evaluation) and ``videos/``. Every file is written to a temporary name and renamed, so
-a crash never leaves a half-written model or config.
+Layout: ``runs/<env-id>/<run-name>/`` with ``config.toml``, ``metrics.csv``, TensorBoard events in the
+folder itself (so ``tensorboard --logdir runs`` finds every run), ``status.json``, ``model.safetensors`` +
+``model.json`` (end of training), ``best.safetensors`` + ``best.json`` (best periodic evaluation) and
+``videos/``. Every file is written to a temporary name and renamed, so a crash never leaves a half-written
+model or config.
 """
 
 from __future__ import annotations

@@ -113,6 +113,8 @@ def _parse_param(origin: str, name: str, spec: Any) -> Param:
     low, high, log, step = spec.get("low"), spec.get("high"), spec.get("log", False), spec.get("step")
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)) or low >= high:
         raise UserError(f"{where} needs numbers low < high")
+    if step is not None and (not isinstance(step, int | float) or isinstance(step, bool) or step <= 0):
+        raise UserError(f"{where}: step must be a number > 0")
     if not isinstance(log, bool) or (log and (low <= 0 or step is not None)):
         raise UserError(f"{where}: log = true needs low > 0 and no step")
     if kind == "int" and not all(float(v).is_integer() for v in (low, high, step or 1)):

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from dqn_cli.training import TrainResult
 
 TUNE_DIR = "tune"  # under runs/: the default SQLite studies and the best presets
+DRIVER_PACKAGES = {"psycopg": '"psycopg[binary]"', "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient"}
 SQLITE_BUSY_TIMEOUT = 60.0  # seconds a worker waits for another's write instead of failing
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -104,7 +105,9 @@ def prepare(
     if base.eval_freq <= 0:
         raise UserError("tuning scores trials by their evaluations: eval_freq must be > 0")
     storage = storage or f"sqlite:///{(runs_root / TUNE_DIR / f'{study}.db').resolve()}"
-    parse_storage_url(storage)
+    url = parse_storage_url(storage)
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        raise UserError("an in-memory SQLite study lives in one process only; give a file: sqlite:///FILE.db")
     return TuneJob(env_id, preset, base, space, storage, study, n_trials, runs_root, device, quiet)
 
 
@@ -133,28 +136,19 @@ def parse_storage_url(url: str) -> sqlalchemy.engine.URL:
     except ArgumentError:
         raise UserError(
             f"--storage {url!r} is not a database URL (e.g. sqlite:///tune.db or "
-            "postgresql://user:password@host/db)"
+            "postgresql+psycopg://user:password@host/db)"
         ) from None
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     import optuna
-    from sqlalchemy.exc import SQLAlchemyError
 
-    parsed = parse_storage_url(url)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the CLI prints its own line per trial
     engine_kwargs: dict[str, Any] = {}
-    if parsed.get_backend_name() == "sqlite":
+    if parse_storage_url(url).get_backend_name() == "sqlite":
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
-    try:
+    with _storage_errors(url):
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except ModuleNotFoundError as exc:
-        raise UserError(
-            f"the database driver {exc.name!r} for {parsed.drivername} is not installed "
-            "(PostgreSQL: pip install psycopg2-binary; MySQL: pip install pymysql)"
-        ) from None
-    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
-        raise UserError(f"cannot open storage {shown_storage(url)}: {str(exc).splitlines()[0]}") from None
 
 
 def shown_storage(url: str) -> str:
@@ -163,18 +157,79 @@ def shown_storage(url: str) -> str:
 
 
 @contextmanager
-def _study_lock(job: TuneJob) -> Iterator[None]:
-    """Serialize "count the trials, then start one" among the workers of this machine. A SQLite study's
-    workers all share its file, so the lock sits beside it; other storages lock per machine."""
-    from optuna.storages.journal import JournalFileOpenLock
+def _storage_errors(url: str) -> Iterator[None]:
+    """A missing database driver or an unreachable database is one line for the user, not a traceback."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
 
+    try:
+        yield
+    except ImportError as exc:  # Optuna re-raises the driver's ModuleNotFoundError as an ImportError
+        module = getattr(exc, "name", None) or getattr(exc.__cause__, "name", None) or "?"
+        raise UserError(
+            f"the database driver {module!r} for {parse_storage_url(url).drivername} URLs is not "
+            f"installed: pip install {DRIVER_PACKAGES.get(module, module)}"
+        ) from None
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+        raise UserError(f"cannot open storage {shown_storage(url)}: {str(exc).splitlines()[0]}") from None
+
+
+# Session-level named locks of the database servers that workers on many machines share; each query
+# waits for the lock and returns 1 once held (MariaDB reads GET_LOCK's "-1 = forever" as "don't wait").
+SERVER_LOCK_TIMEOUT = 3600  # seconds; the lock is held only while a trial is counted and created
+SERVER_LOCKS = {
+    "postgresql": "SELECT 1 FROM pg_advisory_lock(:lock)",
+    "mysql": f"SELECT GET_LOCK(:lock, {SERVER_LOCK_TIMEOUT})",
+}
+
+
+@contextmanager
+def _study_lock(job: TuneJob) -> Iterator[None]:
+    """Serialize "count the trials, then start one" (and a fresh database's table creation) among the
+    study's workers. On PostgreSQL and MySQL it is a named lock on the server, which workers on every
+    machine queue for; a SQLite study's workers all share its file and lock a file beside it; any other
+    storage is locked per machine."""
     url = parse_storage_url(job.storage)
-    if url.get_backend_name() == "sqlite" and url.database:
+    digest = hashlib.sha256(f"dqn-tune\n{job.study}".encode()).digest()
+    if url.get_backend_name() in SERVER_LOCKS:
+        lock = _server_lock(job.storage, digest)
+    elif url.get_backend_name() == "sqlite" and url.database:
         path = Path(url.database).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
+        lock = _file_lock(path)
     else:
-        digest = hashlib.sha256(f"{job.storage}\n{job.study}".encode()).hexdigest()[:16]
-        path = Path(tempfile.gettempdir()) / f"dqn-tune-{digest}"
+        lock = _file_lock(Path(tempfile.gettempdir()) / f"dqn-tune-{digest.hex()[:16]}")
+    with lock:
+        yield
+
+
+@contextmanager
+def _server_lock(storage: str, digest: bytes) -> Iterator[None]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    url = parse_storage_url(storage)
+    lock_id: int | str = f"dqn-tune-{digest.hex()[:48]}"  # MySQL: a name of up to 64 characters
+    if url.get_backend_name() == "postgresql":
+        lock_id = int.from_bytes(digest[:8], "big", signed=True)  # a bigint key
+    with _storage_errors(storage):
+        engine = create_engine(url, poolclass=NullPool)
+        connection = engine.connect()
+        held = connection.execute(text(SERVER_LOCKS[url.get_backend_name()]), {"lock": lock_id}).scalar()
+    try:
+        if held != 1:
+            raise UserError(f"could not take the study's lock on {shown_storage(storage)}")
+        yield
+    finally:
+        connection.close()  # ends the database session, and with it the lock
+        engine.dispose()
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Optuna's lock file (``<path>.lock``, made with O_EXCL), which works on any OS and NFS."""
+    from optuna.storages.journal import JournalFileOpenLock
+
     lock = JournalFileOpenLock(str(path))
     lock.acquire()
     try:
@@ -279,7 +334,8 @@ def _hold_after_stop(trial: optuna.Trial, hp: cfg.Hyperparameters, result: Train
     """A run that stopped because an evaluation reached ``stop_at_eval_return`` is reported as holding
     that return for the rest of its budget, so the pruner measures later steps of slower trials against
     it rather than only against other slow ones."""
-    if result.steps >= hp.n_timesteps or (result.last_eval or -float("inf")) < hp.stop_at_eval_return:
+    stopped_early = result.steps < hp.n_timesteps and result.last_eval is not None
+    if not stopped_early or result.last_eval < hp.stop_at_eval_return:
         return
     first = (result.steps // hp.eval_freq + 1) * hp.eval_freq
     for step in range(first, hp.n_timesteps + 1, hp.eval_freq):

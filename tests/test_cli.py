@@ -105,6 +105,7 @@ def test_train_eval_record_end_to_end(tmp_path: Path):
         (["tune", "CartPol-v1", "--trials", "2"], ["unknown environment id 'CartPol-v1'"]),
         (["tune", "CartPole-v1", "--trials", "2", "--study", "a/b"], ["study name 'a/b'"]),
         (["tune", "CartPole-v1", "--trials", "2", "--storage", "nonsense"], ["not a database URL"]),
+        (["tune", "CartPole-v1", "--trials", "2", "--storage", "sqlite://"], ["in-memory", "sqlite:///"]),
         (["tune", "CartPole-v1", "--trials", "2", "--space", "missing.toml"], ["cannot read search space"]),
     ],
 )

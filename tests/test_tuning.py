@@ -1,6 +1,9 @@
 import json
+import multiprocessing
+import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import optuna
@@ -11,7 +14,7 @@ from dqn_cli.config import apply_overrides, resolve
 from dqn_cli.errors import UserError
 from dqn_cli.runfiles import read_status
 from dqn_cli.search_space import parse_space, shipped_spaces, space_for
-from dqn_cli.tuning import prepare, tune
+from dqn_cli.tuning import TuneJob, _claim_trial, prepare, tune
 
 TINY_FIXED = """
 [fixed]
@@ -64,6 +67,7 @@ def test_every_shipped_space_declares_parameters():
         ("[params.gamma]\ntype = 'categorical'\nchoices = [0.9, 2.0]", "gamma"),
         ("[params.batch_size]\ntype = 'float'\nlow = 16\nhigh = 64", 'type = "int"'),
         ("[params.tau]\ntype = 'uniform'", "needs type"),
+        ("[params.tau]\ntype = 'float'\nlow = 0.5\nhigh = 1.0\nstep = 0", "step must be a number > 0"),
         ("[params.tau]\ntype = 'float'\nlow = 0.0\nhigh = 1.0\nlog = true", "log = true needs low > 0"),
         ("[fixed]\nn_timesteps = 1000", "declares no [params.NAME]"),
         ("[fixed]\nbatch_size = 8\n[params.batch_size]\ntype = 'int'\nlow = 8\nhigh = 64", "both fixed"),
@@ -91,15 +95,15 @@ def test_two_worker_processes_share_one_sqlite_study_and_record_each_trial_once(
     assert all(status["state"] == "finished" and status["step"] == 1800 for status in statuses)
     assert len({status["pid"] for status in statuses}) == 2, statuses  # both workers trained trials
 
-    best_file = tmp_path / "runs" / "tune" / "shared-best.toml"
-    best = max(trials, key=lambda t: (t.value, -t.user_attrs["steps"]))
-    assert all(f"Best: trial {best.number}," in output for output in outputs)
-    _, hp = resolve("CartPole-v1", best_file)  # what `dqn train --config` reads
-    assert json.loads(json.dumps(hp.to_dict())) == best.user_attrs["hyperparameters"]
-
+    # A worker that stops first reports the best of the trials complete by then; asked again once all
+    # are, `dqn tune` starts no trial and reports the best of them all.
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "Study shared: 6 complete" in again.stdout
     assert len(optuna.load_study(study_name="shared", storage=storage).trials) == 6
+    best = max(trials, key=lambda t: (t.value, -t.user_attrs["steps"]))
+    assert f"Best: trial {best.number}," in again.stdout
+    _, hp = resolve("CartPole-v1", tmp_path / "runs" / "tune" / "shared-best.toml")  # as `--config` reads it
+    assert json.loads(json.dumps(hp.to_dict())) == best.user_attrs["hyperparameters"]
 
 
 def test_a_trial_whose_evaluations_trail_the_completed_ones_is_pruned(tmp_path: Path):
@@ -146,3 +150,41 @@ def test_jobs_runs_worker_processes_until_the_study_holds_the_trials_asked_for(t
     storage = f"sqlite:///{tmp_path / 'runs' / 'tune' / 'j.db'}"
     assert len(optuna.load_study(study_name="j", storage=storage).trials) == 4
     assert "Next: dqn train CartPole-v1 --config runs/tune/j-best.toml" in result.stdout
+
+
+def claim_until_full(job: TuneJob) -> None:
+    """A worker that only claims trials (and finishes them at once), to race the others hard."""
+    study = optuna.load_study(study_name=job.study, storage=job.storage)
+    while (trial := _claim_trial(study, job)) is not None:
+        study.tell(trial, 0.0)
+
+
+SERVER = os.environ.get("DQN_TEST_STORAGE_URL")  # e.g. postgresql+psycopg://user:password@127.0.0.1/db
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        pytest.param(False, id="sqlite"),
+        pytest.param(
+            True, id="server", marks=pytest.mark.skipif(not SERVER, reason="DQN_TEST_STORAGE_URL unset")
+        ),
+    ],
+)
+def test_racing_workers_never_make_more_trials_than_asked(tmp_path: Path, server: bool):
+    storage = SERVER if server else f"sqlite:///{tmp_path / 'race.db'}"
+    study = f"race-{uuid.uuid4().hex[:8]}"
+    job = prepare(
+        "CartPole-v1", 40, storage=storage, study=study, runs_root=tmp_path, device="cpu", quiet=True
+    )
+    optuna.create_study(study_name=study, storage=storage)
+    workers = [
+        multiprocessing.get_context("spawn").Process(target=claim_until_full, args=(job,)) for _ in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0] * 4
+    trials = optuna.load_study(study_name=study, storage=storage).trials
+    assert sorted(trial.number for trial in trials) == list(range(40))
