@@ -229,12 +229,16 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ the loop
 
-    def _check_finite(self) -> None:
-        """Never let NaN or infinity reach a saved file: stop instead, keeping the last good files."""
+    def _check_loss(self) -> None:
+        """Cheap enough for every episode end: a NaN or infinite loss stops training."""
         if self.state.loss_count and not math.isfinite(self.state.loss_sum):
             raise TrainingDiverged(
                 f"training diverged: the TD loss became {self.state.loss_sum} at step {self.state.step:,}"
             )
+
+    def _check_finite(self) -> None:
+        """Never let NaN or infinity reach a saved file: stop instead, keeping the last good files."""
+        self._check_loss()
         if not all(torch.isfinite(p).all() for p in self.agent.online.parameters()):
             raise TrainingDiverged(
                 f"training diverged: Q-network weights became NaN or infinite at step {self.state.step:,}"
@@ -271,7 +275,7 @@ class Trainer:
         for i in np.flatnonzero(done):
             mean_loss = None
             if s.loss_count:
-                self._check_finite()
+                self._check_loss()
                 mean_loss, s.loss_sum, s.loss_count = s.loss_sum / s.loss_count, 0.0, 0
             ret = float(self.episode_returns[i])
             metrics.episode(s.step, wall_time, ret, int(self.episode_lengths[i]), mean_loss, epsilon)
