@@ -41,7 +41,11 @@ def _greedy_mean(run_dir: Path, final: bool) -> float:
 
     trained = load_trained(run_dir, final=final, device="cpu")
     policy = make_policy(trained.q_network, trained.n_actions, 0.0, FINAL_EVAL_SEED, trained.device)
-    return float(np.mean(evaluate(policy, trained.env_id, FINAL_EVAL_EPISODES, FINAL_EVAL_SEED)))
+    return float(
+        np.mean(
+            evaluate(policy, trained.env_id, FINAL_EVAL_EPISODES, FINAL_EVAL_SEED, trained.hyperparameters)
+        )
+    )
 
 
 def _train_and_score(env_id: str, seed: int, run_dir: Path, device: str, sets: list[str]) -> SeedResult:

@@ -201,7 +201,7 @@ def eval_(
     if render:
         returns = play_rendered(policy, trained.env_id, episodes, seed)
     else:
-        returns = evaluate(policy, trained.env_id, episodes, seed)
+        returns = evaluate(policy, trained.env_id, episodes, seed, trained.hyperparameters)
     summary = {
         "env_id": trained.env_id,
         "episodes": episodes,
@@ -246,7 +246,7 @@ def record(
     trained = _load(run_or_model, final, device, env)
     path = video_path(trained.path, out)
     policy = make_policy(trained.q_network, trained.n_actions, epsilon, seed, trained.device)
-    returns, frames = record_video(policy, trained.env_id, episodes, seed, path)
+    returns, frames = record_video(policy, trained.env_id, episodes, seed, path, trained.hyperparameters)
     typer.echo(str(path))
     print(f"{frames} frames, returns {', '.join(f'{r:.1f}' for r in returns)}", file=sys.stderr)
 

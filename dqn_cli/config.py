@@ -20,6 +20,7 @@ from typing import Any
 from dqn_cli.errors import UserError
 
 DEFAULT_PRESET = "default"
+ATARI_PRESET = "atari"
 
 
 def _positive(x: float) -> bool:
@@ -40,6 +41,10 @@ def _tau_range(x: float) -> bool:
 
 def _gradient_steps_range(x: int) -> bool:
     return x >= 1 or x == -1
+
+
+def _probability_or_default(x: float) -> bool:
+    return x == -1 or 0.0 <= x <= 1.0
 
 
 def _layer_sizes(x: list[int]) -> bool:
@@ -116,6 +121,26 @@ class Hyperparameters:
         50_000,
         NON_NEGATIVE_INT,
         "env steps between checkpoints for --resume (one is always written at the end)",
+    )
+    precision: str = _hp(
+        "auto",
+        Rule(str, describe="one of auto, float32, bfloat16", choices=("auto", "float32", "bfloat16")),
+        "arithmetic of the convolutional layers (Atari); bfloat16 about halves their cost where the "
+        "hardware has it, while weights, optimizer and fully connected layers stay float32; auto = "
+        "bfloat16 on such hardware (CUDA, or a CPU with AVX-512 BF16 / AMX), else float32",
+    )
+    clip_reward: bool = _hp(False, BOOL, "learn from sign(reward); returns are still reported raw (Atari)")
+    terminal_on_life_loss: bool = _hp(
+        False, BOOL, "a lost life is a terminal state for learning only; episodes are whole games (Atari)"
+    )
+    frame_stack: int = _hp(4, POSITIVE_INT, "frames per observation (Atari)")
+    frame_skip: int = _hp(4, POSITIVE_INT, "emulator frames per action, max-pooled over the last two (Atari)")
+    noop_max: int = _hp(30, NON_NEGATIVE_INT, "up to this many no-op actions at each reset (Atari)")
+    repeat_action_probability: float = _hp(
+        -1.0,
+        Rule(float, _probability_or_default, "a number in [0, 1], or -1"),
+        "sticky actions: chance the emulator repeats the previous action; -1 = as the env id defines "
+        "(0.25 for ALE/*-v5, 0 for *NoFrameskip-v4) (Atari)",
     )
     stop_at_eval_return: float = _hp(
         math.inf,
@@ -223,9 +248,14 @@ def parse_set_option(item: str) -> tuple[str, Any]:
 
 
 def preset_name_for(env_id: str) -> str:
-    """Presets are files named after the env id ('/' becomes '-'); ids without one use ``default``."""
+    """Presets are files named after the env id ('/' becomes '-'); other Atari ids use ``atari`` and the
+    rest ``default``."""
     name = env_id.replace("/", "-")
-    return name if name in available_presets() else DEFAULT_PRESET
+    if name in available_presets():
+        return name
+    from dqn_cli.atari import is_atari  # imports gymnasium: only when a preset is being resolved
+
+    return ATARI_PRESET if is_atari(env_id) else DEFAULT_PRESET
 
 
 def available_presets() -> list[str]:

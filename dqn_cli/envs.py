@@ -11,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from dqn_cli.atari import AtariSettings, is_atari, make_atari_vector_env, register_atari_ids
 from dqn_cli.errors import UserError
 
 
@@ -20,6 +21,7 @@ def _registered_ids() -> list[str]:
 
 def check_env_id(env_id: str) -> None:
     """Fail with one line (and close matches) when ``env_id`` is not a registered gymnasium id."""
+    register_atari_ids()
     if env_id in gym.registry:
         return
     close = difflib.get_close_matches(env_id, _registered_ids(), n=3, cutoff=0.6)
@@ -39,13 +41,20 @@ def _check_spaces(env_id: str, action_space: gym.Space, observation_space: gym.S
         )
 
 
-def make_vector_env(env_id: str, n_envs: int) -> gym.vector.VectorEnv:
+def make_vector_env(env_id: str, n_envs: int, hp: Any = None) -> gym.vector.VectorEnv:
     """Vector env that resets finished episodes in the same step and reports the true final observation.
 
     Same-step autoreset keeps one transition per env step, as Stable-Baselines3 counts them; the final
-    observation (in ``info["final_obs"]``) is what a time-limit truncation must bootstrap from.
+    observation (in ``info["final_obs"]``) is what a time-limit truncation must bootstrap from. Atari ids
+    get ale-py's vector env with the preprocessing that ``hp`` (a run's hyperparameters) asks for.
     """
     check_env_id(env_id)
+    if is_atari(env_id):
+        if hp is None:
+            from dqn_cli.config import Hyperparameters
+
+            hp = Hyperparameters()
+        return make_atari_vector_env(AtariSettings.for_env(env_id, hp), n_envs)
     envs = gym.make_vec(
         env_id,
         num_envs=n_envs,
@@ -73,7 +82,7 @@ def display_available() -> bool:
 
 
 def make_single_env(env_id: str, render_mode: str | None = None) -> gym.Env:
-    """One env for watching (``human``) or filming (``rgb_array``) an agent play."""
+    """One env for watching (``human``) or filming (``rgb_array``) an agent play (not Atari: see atari.py)."""
     check_env_id(env_id)
     if render_mode == "human" and not display_available():
         raise UserError("--render needs a display, and none is available (DISPLAY is not set)")
@@ -87,13 +96,13 @@ def make_single_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     return env
 
 
-def check_env_fits(env_id: str, meta: dict[str, Any], trained_on: str) -> None:
+def check_env_fits(env_id: str, meta: dict[str, Any], trained_on: str, hp: Any = None) -> None:
     """Refuse to play a model on an env whose observations or actions differ from its training env's."""
-    env = make_single_env(env_id)
+    envs = make_vector_env(env_id, 1, hp)
     try:
-        actual = describe_spaces(env.observation_space, env.action_space)
+        actual = describe_spaces(envs.single_observation_space, envs.single_action_space)
     finally:
-        env.close()
+        envs.close()
     want_shape, want_n = meta["observation_space"]["shape"], meta["action_space"]["n"]
     have_shape, have_n = actual["observation_space"]["shape"], actual["action_space"]["n"]
     if (want_shape, want_n) != (have_shape, have_n):

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from dqn_cli.agent import epsilon_greedy
+from dqn_cli.atari import AtariSettings, FilmedAtariEnv, is_atari
+from dqn_cli.config import Hyperparameters, apply_overrides
 from dqn_cli.envs import check_env_fits, make_single_env, make_vector_env
 from dqn_cli.errors import UserError
 from dqn_cli.networks import build_q_network, resolve_device
@@ -35,6 +37,18 @@ class TrainedModel:
     def n_actions(self) -> int:
         return int(self.meta["action_space"]["n"])
 
+    @property
+    def hyperparameters(self) -> Hyperparameters:
+        """The training run's settings: Atari play must preprocess observations the same way."""
+        return saved_hyperparameters(self.meta)
+
+
+def saved_hyperparameters(meta: dict[str, Any]) -> Hyperparameters:
+    try:
+        return apply_overrides(Hyperparameters(), meta.get("hyperparameters", {}))
+    except UserError as exc:
+        raise UserError(f"the model's saved hyperparameters are not valid: {exc}") from None
+
 
 def load_trained(
     run_or_model: Path | None, final: bool = False, device: str = "auto", env_id: str | None = None
@@ -43,8 +57,12 @@ def load_trained(
     another env, which must have the observation shape and action count it was trained with."""
     loaded = load_model(resolve_model_path(run_or_model, final))
     if env_id is not None and env_id != loaded.env_id:
-        check_env_fits(env_id, loaded.meta, loaded.env_id)
+        check_env_fits(env_id, loaded.meta, loaded.env_id, saved_hyperparameters(loaded.meta))
     torch_device = resolve_device(device)
+    if torch_device.type == "cpu":
+        # Playing feeds a few observations at a time: one thread is fastest, and spinning worker threads
+        # would slow to a crawl whenever another process (a training run) holds the other cores.
+        torch.set_num_threads(1)
     try:
         q_network = build_q_network(loaded.meta["network"])
         q_network.load_state_dict(loaded.weights)
@@ -83,14 +101,17 @@ def make_policy(
     return act
 
 
-def evaluate(policy: Policy, env_id: str, episodes: int, seed: int) -> list[float]:
-    """Undiscounted return of ``episodes`` full episodes, played in parallel envs seeded from ``seed``.
+def evaluate(
+    policy: Policy, env_id: str, episodes: int, seed: int, hp: Hyperparameters | None = None
+) -> list[float]:
+    """Undiscounted return (raw game score) of ``episodes`` full episodes, played in parallel envs
+    seeded from ``seed``; ``hp`` carries the training run's Atari preprocessing.
 
     Env ``i`` of ``k`` plays episodes ``i, i+k, ...``, so the result depends only on (policy, seed, episodes).
     """
     n_envs = min(episodes, MAX_PARALLEL_EVAL_ENVS)
     quota = [len(range(i, episodes, n_envs)) for i in range(n_envs)]
-    envs = make_vector_env(env_id, n_envs)
+    envs = make_vector_env(env_id, n_envs, hp)
     try:
         obs, _ = envs.reset(seed=seed)
         running = np.zeros(n_envs)
@@ -110,6 +131,8 @@ def evaluate(policy: Policy, env_id: str, episodes: int, seed: int) -> list[floa
 
 def play_rendered(policy: Policy, env_id: str, episodes: int, seed: int) -> list[float]:
     """Play in a window (human render mode) so the user can watch."""
+    if is_atari(env_id):
+        raise UserError("--render is not available for Atari games; `dqn record` films the game instead")
     env = make_single_env(env_id, render_mode="human")
     try:
         returns = []
@@ -132,17 +155,43 @@ def play_rendered(policy: Policy, env_id: str, episodes: int, seed: int) -> list
         env.close()
 
 
+class _FilmedEnv:
+    """A gymnasium env in ``rgb_array`` mode behind the interface of ``FilmedAtariEnv``."""
+
+    def __init__(self, env_id: str) -> None:
+        self.env = make_single_env(env_id, render_mode="rgb_array")
+        self.fps = int(self.env.metadata.get("render_fps") or 30)
+
+    def reset(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        obs, _ = self.env.reset(seed=seed)
+        return obs[None], self.env.render()
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, float, bool, np.ndarray]:
+        obs, reward, terminated, truncated, _ = self.env.step(int(actions[0]))
+        return obs[None], float(reward), terminated or truncated, self.env.render()
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def filmed_env(env_id: str, hp: Hyperparameters | None = None) -> _FilmedEnv | FilmedAtariEnv:
+    """An env that gives the agent its observations and the camera a colour frame after every step."""
+    if is_atari(env_id):
+        return FilmedAtariEnv(AtariSettings.for_env(env_id, hp or Hyperparameters()))
+    return _FilmedEnv(env_id)
+
+
 def record_video(
-    policy: Policy, env_id: str, episodes: int, seed: int, out_path: Path
+    policy: Policy, env_id: str, episodes: int, seed: int, out_path: Path, hp: Hyperparameters | None = None
 ) -> tuple[list[float], int]:
-    """Film ``episodes`` episodes from the env's ``rgb_array`` render into an mp4 or gif.
+    """Film ``episodes`` episodes into an mp4 or gif: the rendered game, for Atari the full-colour screen.
 
     Each episode contributes its reset frame plus one frame per step. Returns (returns, frame count).
     """
     import imageio.v2 as imageio
 
-    env = make_single_env(env_id, render_mode="rgb_array")
-    fps = int(env.metadata.get("render_fps") or 30)
+    env = filmed_env(env_id, hp)
+    fps = env.fps
     tmp_path = out_path.with_name(f".{out_path.stem}.tmp{out_path.suffix}")
     if out_path.suffix == ".gif":
         writer = imageio.get_writer(tmp_path, mode="I", duration=1000 / fps, loop=0)
@@ -153,16 +202,15 @@ def record_video(
     try:
         with writer:
             for episode in range(episodes):
-                obs, _ = env.reset(seed=seed + episode)
-                writer.append_data(env.render())
+                obs, frame = env.reset(seed=seed + episode)
+                writer.append_data(frame)
                 frames += 1
                 total, done = 0.0, False
                 while not done:
-                    obs, reward, terminated, truncated, _ = env.step(int(policy(obs[None])[0]))
-                    writer.append_data(env.render())
+                    obs, reward, done, frame = env.step(policy(obs))
+                    writer.append_data(frame)
                     frames += 1
-                    total += float(reward)
-                    done = terminated or truncated
+                    total += reward
                 returns.append(total)
         os.replace(tmp_path, out_path)
     finally:

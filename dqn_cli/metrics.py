@@ -72,6 +72,7 @@ class MetricsLogger:
                 values.clear()
         self._tb.add_scalar("rollout/epsilon", epsilon, step)
         self._last_tb_step = step
+        self._file.flush()  # so `tail metrics.csv` follows a long run
 
     def evaluation(self, step: int, wall_time: float, mean_return: float, epsilon: float) -> None:
         self._csv.writerow([_cell(v) for v in (step, wall_time, None, None, None, epsilon, mean_return)])

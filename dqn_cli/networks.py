@@ -17,16 +17,38 @@ from torch import nn
 from dqn_cli.errors import UserError
 
 
+def is_image(obs_shape: tuple[int, ...]) -> bool:
+    """Stacked frames (channels, height, width) get the convolutional network; anything else the MLP."""
+    return len(obs_shape) == 3
+
+
 def network_spec(
-    obs_shape: tuple[int, ...], n_actions: int, net_arch: list[int], dueling: bool = False
+    obs_shape: tuple[int, ...],
+    n_actions: int,
+    net_arch: list[int],
+    dueling: bool = False,
+    precision: str = "float32",
 ) -> dict[str, Any]:
-    return {
-        "kind": "mlp",
+    """``precision`` is the convolutions' arithmetic (see ``resolve_precision``); MLPs ignore it."""
+    spec = {
+        "kind": "nature_cnn" if is_image(obs_shape) else "mlp",
         "obs_shape": list(obs_shape),
         "n_actions": int(n_actions),
         "net_arch": list(net_arch),
         "dueling": dueling,
     }
+    if is_image(obs_shape):
+        spec["precision"] = precision
+    return spec
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto``: bfloat16 where the hardware computes it natively, else float32."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
 
 
 def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -60,12 +82,52 @@ class MLPQNetwork(nn.Module):
         return _linear(self.value, x) + q - q.mean(dim=1, keepdim=True)
 
 
+class NatureCNN(nn.Module):
+    """The Nature DQN (Mnih et al. 2015): three convolutions, then the fully connected layers of
+    ``net_arch`` (the paper's [512]) and the Q-value head, dueling or not, as in ``MLPQNetwork``.
+
+    Frames arrive as uint8 and are scaled to [0, 1] here, so replay, batches and transfers to the GPU stay
+    four times smaller. With bfloat16 precision the convolutions, most of the cost, run under autocast;
+    the weights and the fully connected layers stay float32, so Q-values keep their resolution.
+    """
+
+    def __init__(
+        self, obs_shape: list[int], n_actions: int, net_arch: list[int], dueling: bool, precision: str
+    ) -> None:
+        super().__init__()
+        channels, height, width = obs_shape
+        self.convolutions = nn.Sequential(
+            nn.Conv2d(channels, 32, kernel_size=8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, kernel_size=4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, kernel_size=3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            n_features = self.convolutions(torch.zeros(1, channels, height, width)).shape[1]
+        self.head = MLPQNetwork(n_features, n_actions, net_arch, dueling)
+        self.autocast_dtype = torch.bfloat16 if precision == "bfloat16" else None  # None: float32
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.float() / 255.0
+        with torch.autocast(x.device.type, self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            x = self.convolutions(x)
+        return self.head(x.float())
+
+
 def build_q_network(spec: dict[str, Any]) -> nn.Module:
-    if spec.get("kind") != "mlp":
-        raise ValueError(f"unknown network kind {spec.get('kind')!r}")
-    return MLPQNetwork(
-        math.prod(spec["obs_shape"]), spec["n_actions"], spec["net_arch"], spec.get("dueling", False)
-    )
+    kind = spec.get("kind")
+    if kind == "mlp":
+        return MLPQNetwork(
+            math.prod(spec["obs_shape"]), spec["n_actions"], spec["net_arch"], spec.get("dueling", False)
+        )
+    if kind == "nature_cnn":
+        return NatureCNN(
+            spec["obs_shape"], spec["n_actions"], spec["net_arch"], spec["dueling"], spec["precision"]
+        )
+    raise ValueError(f"unknown network kind {kind!r}")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,12 +1,15 @@
-"""Experience replay in three small parts, as in Dopamine: an n-step accumulator that turns env steps into
-transitions, the storage (preallocated arrays, no per-step allocation), and the sampler (uniform, or
-proportional to priority through a sum tree)."""
+"""Experience replay in small parts, as in Dopamine: an n-step accumulator that turns env steps into
+transitions, the storage (preallocated arrays, no per-step allocation; stacked frames stored once each),
+and the sampler (uniform, or proportional to priority through a sum tree)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from dqn_cli.errors import UserError
 
 
 @dataclass
@@ -28,18 +31,108 @@ class Batch:
     indices: np.ndarray
 
 
+class FrameStore:
+    """Stacked-frame observations with each frame stored once (Atari: 7 KB per env step instead of the
+    56 KB of an (obs, next_obs) pair of 4-frame stacks).
+
+    Frames live in a ring, addressed by references that count every frame ever written (slot =
+    reference % capacity). Each frame links to the frame before it in the same episode, or to -1 at an
+    episode's first observation, whose older stack entries the env fills with zeros. An observation is
+    the reference of its newest frame; its stack is rebuilt by following the links, zeros past the start.
+    """
+
+    def __init__(self, capacity: int, stack: int, frame_shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.capacity, self.stack = capacity, stack
+        self.frames = np.zeros((capacity, *frame_shape), dtype=dtype)
+        self.links = np.full(capacity, -1, dtype=np.int64)
+        self.count = 0  # frames written so far: the next reference
+
+    def _write(self, newest_frames: np.ndarray, links: np.ndarray | int) -> np.ndarray:
+        refs = self.count + np.arange(len(newest_frames))
+        self.frames[refs % self.capacity] = newest_frames
+        self.links[refs % self.capacity] = links
+        self.count += len(newest_frames)
+        return refs
+
+    def start(self, obs: np.ndarray) -> np.ndarray:
+        """Store episodes' first observations (stacks whose older frames are padding); returns refs."""
+        if obs[:, :-1].any():
+            raise ValueError("an episode's first observation must have zeros before its newest frame")
+        return self._write(obs[:, -1], -1)
+
+    def extend(self, previous: np.ndarray, obs: np.ndarray) -> np.ndarray:
+        """Store observations that follow the observations ``previous`` in their episodes; returns refs."""
+        return self._write(obs[:, -1], previous)
+
+    def follow(
+        self,
+        refs: np.ndarray,
+        real_next: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        done: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Store one vector-env step that left each env's observation ``refs``; returns the references of
+        each transition's next observation and of each env's new current observation.
+
+        ``real_next`` is what each env reached (the final observation where an episode ended), ``next_obs``
+        where each env is now (a new episode's first observation there). A game-over transition's next
+        observation is never used, so its frame is not stored (the reference repeats ``refs``).
+        """
+        stored_next = refs.copy()
+        carry_on = ~terminated
+        stored_next[carry_on] = self.extend(refs[carry_on], real_next[carry_on])
+        current = stored_next.copy()
+        if done.any():
+            current[done] = self.start(next_obs[done])
+        return stored_next, current
+
+    def stacks(self, refs: np.ndarray) -> np.ndarray:
+        """Rebuild the observations ``refs`` point to, shape (len(refs), stack, *frame_shape)."""
+        out = np.zeros((len(refs), self.stack, *self.frames.shape[1:]), dtype=self.frames.dtype)
+        refs = np.asarray(refs, dtype=np.int64)
+        for position in range(self.stack - 1, -1, -1):
+            present = refs >= 0
+            if (refs[present] < self.count - self.capacity).any():
+                raise RuntimeError("frame replay: a stored observation's frames were overwritten")
+            out[present, position] = self.frames[refs[present] % self.capacity]
+            refs = np.where(present, self.links[refs % self.capacity], -1)
+        return out
+
+    def stored(self) -> dict[str, np.ndarray]:
+        kept = min(self.count, self.capacity)
+        return {"frames": self.frames[:kept], "links": self.links[:kept], "count": np.array([self.count])}
+
+    def restore(self, arrays: dict[str, np.ndarray]) -> None:
+        count = int(arrays["count"][0])
+        kept = min(count, self.capacity)
+        if arrays["frames"].shape != (kept, *self.frames.shape[1:]) or arrays["links"].shape != (kept,):
+            raise ValueError(f"stored frames have shape {arrays['frames'].shape}, expected {kept} frames")
+        self.frames[:kept], self.links[:kept], self.count = arrays["frames"], arrays["links"], count
+
+
 class ReplayBuffer:
     """Ring buffer of transitions, sampled uniformly. ``terminated`` is stored, truncation is not: a
     time-limit cut is no terminal state, so its transition bootstraps from the real next observation.
+
+    With a ``FrameStore``, ``obs`` and ``next_obs`` hold frame references and batches rebuild the stacks.
     """
 
     _FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated", "horizons")
 
     def __init__(
-        self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: np.dtype, rng: np.random.Generator
+        self,
+        capacity: int,
+        obs_shape: tuple[int, ...],
+        obs_dtype: np.dtype,
+        rng: np.random.Generator,
+        frames: FrameStore | None = None,
     ):
         self.capacity = capacity
         self.rng = rng
+        self.frames = frames
+        if frames is not None:
+            obs_shape, obs_dtype = (), np.dtype(np.int64)
         self.obs = np.zeros((capacity, *obs_shape), dtype=obs_dtype)
         self.next_obs = np.zeros((capacity, *obs_shape), dtype=obs_dtype)
         self.actions = np.zeros(capacity, dtype=np.int64)
@@ -75,7 +168,10 @@ class ReplayBuffer:
 
     def stored(self) -> dict[str, np.ndarray]:
         """The filled part of each array (views, no copy), for checkpoints."""
-        return {name: getattr(self, name)[: self.size] for name in self._FIELDS}
+        arrays = {name: getattr(self, name)[: self.size] for name in self._FIELDS}
+        if self.frames is not None:
+            arrays |= {f"frames/{name}": array for name, array in self.frames.stored().items()}
+        return arrays
 
     def restore(self, arrays: dict[str, np.ndarray], position: int, size: int) -> None:
         """Refill from ``stored()`` output; shapes and dtypes must match this buffer's."""
@@ -89,14 +185,19 @@ class ReplayBuffer:
                     f"expected {(size, *target.shape[1:])} {target.dtype}"
                 )
             target[:size] = source
+        if self.frames is not None:
+            self.frames.restore({k[7:]: v for k, v in arrays.items() if k.startswith("frames/")})
         self.position, self.size = position, size
+
+    def _observations(self, stored: np.ndarray) -> np.ndarray:
+        return stored if self.frames is None else self.frames.stacks(stored)
 
     def _batch(self, index: np.ndarray, weights: np.ndarray | None) -> Batch:
         return Batch(
-            obs=self.obs[index],
+            obs=self._observations(self.obs[index]),
             actions=self.actions[index],
             rewards=self.rewards[index],
-            next_obs=self.next_obs[index],
+            next_obs=self._observations(self.next_obs[index]),
             terminated=self.terminated[index],
             horizons=self.horizons[index],
             weights=weights,
@@ -152,8 +253,8 @@ class PrioritizedReplayBuffer(ReplayBuffer):
     importance weights (N P(i))^-beta normalised by the batch's largest. New transitions get the largest
     priority seen so far, so each is replayed at least about once."""
 
-    def __init__(self, capacity, obs_shape, obs_dtype, rng, alpha: float, eps: float) -> None:
-        super().__init__(capacity, obs_shape, obs_dtype, rng)
+    def __init__(self, capacity, obs_shape, obs_dtype, rng, alpha: float, eps: float, frames=None) -> None:
+        super().__init__(capacity, obs_shape, obs_dtype, rng, frames)
         self.alpha, self.eps = alpha, eps
         self.tree = SumTree(capacity)
         self.max_priority = 1.0
@@ -192,14 +293,71 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         self.max_priority = float(arrays["max_priority"][0])
 
 
+def frame_capacity(hp, stack: int) -> int:
+    """Frames to keep for ``buffer_size`` transitions. Each env step writes one frame (the next
+    observation's newest; a terminal transition's next observation is never used, so not stored), plus the
+    first frame of the next episode after a time-limit cut. Beyond the transitions' own frames the ring
+    holds the oldest transitions' older stack frames, the n-step transitions still being summed, and
+    room for one time-limit cut per 100 transitions (Atari cuts games at 27,000 agent steps). ``stacks``
+    raises rather than return a wrong frame, should that room ever run out."""
+    return hp.buffer_size + hp.n_envs * (stack + hp.n_step + 1) + max(hp.buffer_size // 100, 64)
+
+
+def uses_frame_store(obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> bool:
+    return len(obs_shape) == 3 and np.dtype(obs_dtype) == np.uint8
+
+
+def replay_bytes(hp, obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> int:
+    """Memory the replay buffer will fill, computed before allocating it."""
+    per_transition = 8 + 4 + 4 + 4  # action, reward, terminated, horizon
+    if hp.prioritized_replay:
+        per_transition += 16  # the sum tree: about two float64 nodes per leaf
+    if uses_frame_store(obs_shape, obs_dtype):
+        frame_bytes = int(np.prod(obs_shape[1:])) * np.dtype(obs_dtype).itemsize + 8  # frame + link
+        return hp.buffer_size * (per_transition + 2 * 8) + frame_capacity(hp, obs_shape[0]) * frame_bytes
+    obs_bytes = int(np.prod(obs_shape)) * np.dtype(obs_dtype).itemsize
+    return hp.buffer_size * (per_transition + 2 * obs_bytes)
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says can be allocated without swapping (Linux), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_replay_fits(hp, obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> None:
+    """Fail before training, in one line, when the buffer would outgrow memory hours into a run (the
+    arrays are allocated lazily, so nothing else would notice until the kernel kills the process)."""
+    needed, available = replay_bytes(hp, obs_shape, obs_dtype), available_memory()
+    if available is not None and needed > available:
+        raise UserError(
+            f"a replay buffer of {hp.buffer_size:,} transitions needs {needed / 1e9:.1f} GB but only "
+            f"{available / 1e9:.1f} GB of memory is available; lower buffer_size (--set buffer_size=N)"
+        )
+
+
 def make_replay(
     hp, obs_shape: tuple[int, ...], obs_dtype: np.dtype, rng: np.random.Generator
 ) -> ReplayBuffer:
+    frames = None
+    if uses_frame_store(obs_shape, obs_dtype):
+        frames = FrameStore(frame_capacity(hp, obs_shape[0]), obs_shape[0], obs_shape[1:], obs_dtype)
     if hp.prioritized_replay:
         return PrioritizedReplayBuffer(
-            hp.buffer_size, obs_shape, obs_dtype, rng, hp.prioritized_replay_alpha, hp.prioritized_replay_eps
+            hp.buffer_size,
+            obs_shape,
+            obs_dtype,
+            rng,
+            hp.prioritized_replay_alpha,
+            hp.prioritized_replay_eps,
+            frames,
         )
-    return ReplayBuffer(hp.buffer_size, obs_shape, obs_dtype, rng)
+    return ReplayBuffer(hp.buffer_size, obs_shape, obs_dtype, rng, frames)
 
 
 class NStepAccumulator:

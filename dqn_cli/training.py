@@ -23,9 +23,9 @@ from dqn_cli.envs import describe_spaces, final_observations, make_vector_env, r
 from dqn_cli.errors import UserError
 from dqn_cli.evaluation import evaluate, make_policy
 from dqn_cli.metrics import MetricsLogger
-from dqn_cli.networks import build_q_network, network_spec, resolve_device
+from dqn_cli.networks import build_q_network, network_spec, resolve_device, resolve_precision
 from dqn_cli.progress import TrainingProgress
-from dqn_cli.replay import NStepAccumulator, make_replay
+from dqn_cli.replay import NStepAccumulator, check_replay_fits, make_replay
 from dqn_cli.runfiles import (
     BEST_MODEL,
     CONFIG_FILE,
@@ -144,11 +144,13 @@ class Trainer:
             device,
         )
         self.rng = seed_everything(seed)
-        if device.type == "cpu":
-            torch.set_num_threads(1)  # small networks: thread hand-offs cost more than they save
         obs_space, action_space = envs.single_observation_space, envs.single_action_space
         self.n_actions = int(action_space.n)
-        spec = network_spec(obs_space.shape, self.n_actions, hp.net_arch, hp.dueling)
+        spec = network_spec(
+            obs_space.shape, self.n_actions, hp.net_arch, hp.dueling, resolve_precision(hp.precision, device)
+        )
+        if device.type == "cpu" and spec["kind"] == "mlp":
+            torch.set_num_threads(1)  # small networks: thread hand-offs cost more than they save
         self.agent = DQNAgent(build_q_network(spec), hp, device)
         self.buffer = make_replay(hp, obs_space.shape, obs_space.dtype, self.rng)
         self.accumulator = NStepAccumulator(hp.n_step, hp.gamma, hp.n_envs) if hp.n_step > 1 else None
@@ -161,7 +163,7 @@ class Trainer:
             "hyperparameters": hp.to_dict(),
         }
         self.state = LoopState()
-        self.obs, _ = envs.reset(seed=seed)
+        self._begin_episodes(*envs.reset(seed=seed))
         self.episode_returns = np.zeros(hp.n_envs)
         self.episode_lengths = np.zeros(hp.n_envs, dtype=np.int64)
 
@@ -177,6 +179,10 @@ class Trainer:
         arrays |= {f"replay/{name}": array for name, array in self.buffer.stored().items()}
         if self.accumulator is not None:
             arrays |= {f"nstep/{name}": array for name, array in self.accumulator.state().items()}
+        if self.buffer.frames is not None:
+            arrays["loop/obs_refs"] = self.obs_refs
+        if self.lives is not None:
+            arrays["loop/lives"] = self.lives
         arrays |= {
             "loop/obs": self.obs,
             "loop/episode_returns": self.episode_returns,
@@ -221,11 +227,32 @@ class Trainer:
             if self.accumulator is not None:
                 self.accumulator.load_state({k[6:]: v for k, v in arrays.items() if k.startswith("nstep/")})
             self.obs = arrays["loop/obs"]
+            self.obs_refs = arrays.get("loop/obs_refs")
+            self.lives = arrays.get("loop/lives")
             self.episode_returns = arrays["loop/episode_returns"].copy()
             self.episode_lengths = arrays["loop/episode_lengths"].copy()
             return True
-        self.obs, _ = self.envs.reset(seed=self.seed + self.state.step)  # episodes in flight restart
+        self._begin_episodes(*self.envs.reset(seed=self.seed + self.state.step))  # episodes in flight restart
         return False
+
+    # ------------------------------------------------------------------------------ what learning sees
+
+    def _begin_episodes(self, obs: np.ndarray, infos: dict[str, Any]) -> None:
+        self.obs = obs
+        self.obs_refs = self.buffer.frames.start(obs) if self.buffer.frames is not None else None
+        self.lives = infos.get("lives")  # Atari only
+
+    def _stored_observations(
+        self, real_next: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray, done: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """What replay keeps of (obs, next_obs): the observations, or with a frame store their references."""
+        if self.buffer.frames is None:
+            return self.obs, real_next
+        stored_obs = self.obs_refs
+        stored_next, self.obs_refs = self.buffer.frames.follow(
+            stored_obs, real_next, next_obs, terminated, done
+        )
+        return stored_obs, stored_next
 
     # ------------------------------------------------------------------------------------------ the loop
 
@@ -264,7 +291,9 @@ class Trainer:
     def _evaluate(self, metrics: MetricsLogger, wall_time: float) -> float:
         policy = make_policy(self.agent.online, self.n_actions, 0.0, self.seed, self.device)
         mean = float(
-            np.mean(evaluate(policy, self.env_id, self.hp.eval_episodes, self.seed + EVAL_SEED_OFFSET))
+            np.mean(
+                evaluate(policy, self.env_id, self.hp.eval_episodes, self.seed + EVAL_SEED_OFFSET, self.hp)
+            )
         )
         self.agent.online.train()
         metrics.evaluation(self.state.step, wall_time, mean, self.hp.exploration_rate(self.state.step))
@@ -302,10 +331,15 @@ class Trainer:
                     next_obs, rewards, terminated, truncated, infos = self.envs.step(actions)
                     done = terminated | truncated
                     real_next = final_observations(next_obs, infos, done)
+                    learn_rewards, learn_terminal = learning_signals(
+                        self.hp, rewards, terminated, done, self.lives, infos.get("lives")
+                    )
+                    self.lives = infos.get("lives")  # where a game ended: the new game's lives
+                    stored_obs, stored_next = self._stored_observations(real_next, next_obs, terminated, done)
                     if self.accumulator is None:
-                        self.buffer.add(self.obs, actions, rewards, real_next, terminated)
+                        self.buffer.add(stored_obs, actions, learn_rewards, stored_next, learn_terminal)
                     elif ready := self.accumulator.add(
-                        self.obs, actions, rewards, real_next, terminated, truncated
+                        stored_obs, actions, learn_rewards, stored_next, learn_terminal, truncated
                     ):
                         self.buffer.add(*ready)
                     self.obs = next_obs
@@ -383,6 +417,23 @@ class Trainer:
             self.state.wall_time -= elapsed
 
 
+def learning_signals(
+    hp: Hyperparameters,
+    rewards: np.ndarray,
+    terminated: np.ndarray,
+    done: np.ndarray,
+    lives_before: np.ndarray | None,
+    lives_after: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rewards and terminals as the learner sees them: sign-clipped, and ending at each lost life (Atari),
+    if the hyperparameters say so (Mnih et al. 2015). Metrics keep the raw score and whole games."""
+    if hp.clip_reward:
+        rewards = np.sign(rewards)
+    if hp.terminal_on_life_loss and lives_before is not None and lives_after is not None:
+        terminated = terminated | ((lives_after < lives_before) & ~done)
+    return rewards, terminated
+
+
 def _python_rng_state() -> list[Any]:
     version, internal, gauss = random.getstate()
     return [version, list(internal), gauss]
@@ -411,8 +462,9 @@ def train(
     there); an exception it raises ends training, with the run folder left as it was at that point.
     """
     torch_device = resolve_device(device)
-    envs = make_vector_env(env_id, hp.n_envs)  # validates the env id and spaces before any file exists
+    envs = make_vector_env(env_id, hp.n_envs, hp)  # validates the env id and spaces before any file exists
     try:
+        check_replay_fits(hp, envs.single_observation_space.shape, envs.single_observation_space.dtype)
         run_dir = create_run_dir(env_id, seed, run_dir, runs_root)
         run_info = {"env_id": env_id, "seed": seed, "preset": preset, "device": str(torch_device)}
         write_config(run_dir, run_info, hp.to_dict())
@@ -443,8 +495,9 @@ def resume(
         hp = apply_overrides(hp, {"n_timesteps": steps})
         write_config(run_dir, {k: v for k, v in config.items() if k != "hyperparameters"}, hp.to_dict())
     torch_device = resolve_device(device)
-    envs = make_vector_env(config["env_id"], hp.n_envs)
+    envs = make_vector_env(config["env_id"], hp.n_envs, hp)
     try:
+        check_replay_fits(hp, envs.single_observation_space.shape, envs.single_observation_space.dtype)
         remove_stale_temporaries(run_dir)
         trainer = Trainer(
             envs, config["env_id"], hp, config["seed"], config.get("preset", ""), run_dir, torch_device
