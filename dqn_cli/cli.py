@@ -75,8 +75,8 @@ def train(
         str | None,
         typer.Argument(
             metavar="ENV_ID | RUN",
-            help="Gymnasium id of the game, e.g. CartPole-v1 or LunarLander-v3. With --resume: the run "
-            "folder to continue (default: the newest run with a checkpoint).",
+            help="Gymnasium id of the game, e.g. CartPole-v1, LunarLander-v3 or ALE/Pong-v5. With "
+            "--resume: the run folder to continue (default: the newest run with a checkpoint).",
             show_default=False,
         ),
     ] = None,
