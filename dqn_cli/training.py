@@ -152,6 +152,7 @@ class Trainer:
         if device.type == "cpu" and spec["kind"] == "mlp":
             torch.set_num_threads(1)  # small networks: thread hand-offs cost more than they save
         self.agent = DQNAgent(build_q_network(spec), hp, device)
+        self.device_loss_sum = torch.zeros((), device=device)  # summed where computed: no sync per update
         self.buffer = make_replay(hp, obs_space.shape, obs_space.dtype, self.rng)
         self.accumulator = NStepAccumulator(hp.n_step, hp.gamma, hp.n_envs) if hp.n_step > 1 else None
         self.model_meta = {
@@ -256,6 +257,11 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ the loop
 
+    def _collect_loss(self) -> None:
+        """Move the losses summed on the device into the loop state (one sync), before it is read."""
+        self.state.loss_sum += float(self.device_loss_sum)
+        self.device_loss_sum.zero_()
+
     def _check_loss(self) -> None:
         """Cheap enough for every episode end: a NaN or infinite loss stops training."""
         if self.state.loss_count and not math.isfinite(self.state.loss_sum):
@@ -316,7 +322,6 @@ class Trainer:
         session_start = time.perf_counter()
         metrics = MetricsLogger(self.run_dir, resume_step=s.step)
         progress = TrainingProgress(self.env_id, hp.n_timesteps, quiet, start_step=s.step)
-        loss_sum = torch.zeros((), device=self.device)  # summed on the device: no sync per update
         self._report("running", session_start)
         try:
             with progress, _StopSignals() as signals:
@@ -349,8 +354,7 @@ class Trainer:
                     self.episode_returns += rewards
                     self.episode_lengths += 1
                     if done.any():
-                        s.loss_sum += float(loss_sum)
-                        loss_sum.zero_()
+                        self._collect_loss()
                         self._finish_episodes(done, metrics, epsilon, wall_time)
 
                     if s.step > hp.learning_starts and _crossed(s.step, previous, hp.train_freq):
@@ -359,7 +363,7 @@ class Trainer:
                         for _ in range(n_updates):
                             batch = self.buffer.sample(hp.batch_size, beta)
                             loss, td_errors = self.agent.update(batch)
-                            loss_sum += loss
+                            self.device_loss_sum += loss
                             if hp.prioritized_replay:
                                 self.buffer.update_priorities(batch.indices, td_errors.cpu().numpy())
                         s.loss_count += n_updates
@@ -378,18 +382,17 @@ class Trainer:
                         if on_evaluation is not None:
                             on_evaluation(s.step, s.last_eval)
                     if _crossed(s.step, previous, hp.checkpoint_freq):
-                        s.loss_sum += float(loss_sum)
-                        loss_sum.zero_()
+                        self._collect_loss()
                         self._checkpoint(session_start)
                     progress.update(s.step, epsilon, s.recent_returns, s.last_eval)
                     if signals.received is not None:
-                        s.loss_sum += float(loss_sum)
+                        self._collect_loss()
                         self._checkpoint(session_start)
                         self._report("interrupted", session_start)
                         raise TrainingInterrupted(signals.received, self.run_dir, s.step)
                     if s.last_eval_step == s.step and s.last_eval >= hp.stop_at_eval_return:
                         break
-            s.loss_sum += float(loss_sum)
+            self._collect_loss()
             self._save_model(FINAL_MODEL, s.last_eval if s.last_eval_step == s.step else None)
             self._checkpoint(session_start)
         except TrainingDiverged:
