@@ -195,13 +195,17 @@ def eval_(
     import numpy as np
 
     from dqn_cli.evaluation import evaluate, make_policy, play_rendered
+    from dqn_cli.progress import EpisodeProgress
 
     trained = _load(run_or_model, final, device, env)
     policy = make_policy(trained.q_network, trained.n_actions, epsilon, seed, trained.device)
     if render:
         returns = play_rendered(policy, trained.env_id, episodes, seed)
     else:
-        returns = evaluate(policy, trained.env_id, episodes, seed, trained.hyperparameters)
+        with EpisodeProgress(f"eval {trained.env_id}", episodes) as progress:
+            returns = evaluate(
+                policy, trained.env_id, episodes, seed, trained.hyperparameters, progress.advance
+            )
     summary = {
         "env_id": trained.env_id,
         "episodes": episodes,
@@ -242,11 +246,15 @@ def record(
 ) -> None:
     """Film greedy episodes of a trained model to an mp4 or gif and print its path."""
     from dqn_cli.evaluation import make_policy, record_video, video_path
+    from dqn_cli.progress import EpisodeProgress
 
     trained = _load(run_or_model, final, device, env)
     path = video_path(trained.path, out)
     policy = make_policy(trained.q_network, trained.n_actions, epsilon, seed, trained.device)
-    returns, frames = record_video(policy, trained.env_id, episodes, seed, path, trained.hyperparameters)
+    with EpisodeProgress(f"record {trained.env_id}", episodes) as progress:
+        returns, frames = record_video(
+            policy, trained.env_id, episodes, seed, path, trained.hyperparameters, progress.advance
+        )
     typer.echo(str(path))
     print(f"{frames} frames, returns {', '.join(f'{r:.1f}' for r in returns)}", file=sys.stderr)
 

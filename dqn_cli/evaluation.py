@@ -22,6 +22,7 @@ from dqn_cli.networks import build_q_network, resolve_device
 from dqn_cli.runfiles import load_model, resolve_model_path
 
 Policy = Callable[[np.ndarray], np.ndarray]
+EpisodeHook = Callable[[], None]
 MAX_PARALLEL_EVAL_ENVS = 16
 
 
@@ -102,10 +103,16 @@ def make_policy(
 
 
 def evaluate(
-    policy: Policy, env_id: str, episodes: int, seed: int, hp: Hyperparameters | None = None
+    policy: Policy,
+    env_id: str,
+    episodes: int,
+    seed: int,
+    hp: Hyperparameters | None = None,
+    on_episode: EpisodeHook | None = None,
 ) -> list[float]:
     """Undiscounted return (raw game score) of ``episodes`` full episodes, played in parallel envs
-    seeded from ``seed``; ``hp`` carries the training run's Atari preprocessing.
+    seeded from ``seed``; ``hp`` carries the training run's Atari preprocessing, ``on_episode`` runs as
+    each counted episode ends (a progress bar).
 
     Env ``i`` of ``k`` plays episodes ``i, i+k, ...``, so the result depends only on (policy, seed, episodes).
     """
@@ -122,6 +129,8 @@ def evaluate(
             for i in np.flatnonzero(terminated | truncated):
                 if len(finished[i]) < quota[i]:
                     finished[i].append(float(running[i]))
+                    if on_episode is not None:
+                        on_episode()
                 running[i] = 0.0
     finally:
         envs.close()
@@ -182,7 +191,13 @@ def filmed_env(env_id: str, hp: Hyperparameters | None = None) -> _FilmedEnv | F
 
 
 def record_video(
-    policy: Policy, env_id: str, episodes: int, seed: int, out_path: Path, hp: Hyperparameters | None = None
+    policy: Policy,
+    env_id: str,
+    episodes: int,
+    seed: int,
+    out_path: Path,
+    hp: Hyperparameters | None = None,
+    on_episode: EpisodeHook | None = None,
 ) -> tuple[list[float], int]:
     """Film ``episodes`` episodes into an mp4 or gif: the rendered game, for Atari the full-colour screen.
 
@@ -212,6 +227,8 @@ def record_video(
                     frames += 1
                     total += reward
                 returns.append(total)
+                if on_episode is not None:
+                    on_episode()
         os.replace(tmp_path, out_path)
     finally:
         env.close()

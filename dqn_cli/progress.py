@@ -1,4 +1,5 @@
-"""The live progress bar shown while training (nothing at all with ``--quiet``)."""
+"""Live progress bars: training (nothing at all with ``--quiet``), and episodes played by ``dqn eval`` and
+``dqn record`` (an Atari game can take a minute)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,32 @@ class TrainingProgress:
             ret=mean_return,
             eval="-" if last_eval is None else f"{last_eval:.1f}",
         )
+
+
+class EpisodeProgress:
+    """Episodes finished out of those asked for, on stderr and only on a terminal, gone once done: piped
+    output and ``--json`` stay exactly as they were."""
+
+    def __init__(self, label: str, episodes: int) -> None:
+        console = Console(stderr=True)
+        self._progress = Progress(
+            TextColumn(f"[bold]{label}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("episodes"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not console.is_terminal,
+            transient=True,
+        )
+        self._task = self._progress.add_task(label, total=episodes)
+
+    def __enter__(self) -> EpisodeProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def advance(self) -> None:
+        self._progress.advance(self._task)
