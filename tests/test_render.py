@@ -57,7 +57,8 @@ def screen_pixels(xwd_file: Path) -> np.ndarray:
 
 def test_eval_render_draws_the_game_in_a_window(tiny_run: Path, tmp_path: Path, x_server):
     display, framebuffer = x_server
-    env = {**os.environ, "DISPLAY": display}
+    # Without SDL_VIDEODRIVER: filming in this process (record_video) sets it to "dummy", no windows.
+    env = {k: v for k, v in os.environ.items() if k != "SDL_VIDEODRIVER"} | {"DISPLAY": display}
     player = subprocess.Popen(
         [sys.executable, "-m", "dqn_cli", "eval", str(tiny_run), "--render", "--episodes", "1000"],
         cwd=tmp_path,
