@@ -89,9 +89,7 @@ def replay_bytes_per_transition(buffer_size: int) -> dict[str, float]:
     _, hp = resolve(ENV_ID)
     hp = apply_overrides(hp, {"buffer_size": buffer_size})
     ours = make_replay(hp, (4, 84, 84), np.dtype(np.uint8), np.random.default_rng(0))
-    arrays = [ours.obs, ours.next_obs, ours.actions, ours.rewards, ours.terminated, ours.horizons]
-    arrays += [ours.frames.frames, ours.frames.links]
-    sizes = {"dqn": sum(a.nbytes for a in arrays) / buffer_size}
+    sizes = {"dqn": ours.allocated_bytes() / buffer_size}
     env = VecFrameStack(make_atari_env(ENV_ID, n_envs=1, seed=0), n_stack=4)
     for optimize in (False, True):
         kwargs = {**sb3_kwargs(), "buffer_size": buffer_size, "optimize_memory_usage": optimize}

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
+
+from dqn_cli.config import Hyperparameters
 
 ALE_ENTRY_POINT = "ale_py.env:AtariEnv"
 NATIVE_SCREEN = (210, 160)  # every Atari 2600 game's screen, height x width
@@ -49,7 +50,9 @@ class AtariSettings:
     max_frames_per_episode: int
 
     @classmethod
-    def for_env(cls, env_id: str, hp: Any) -> AtariSettings:
+    def for_env(cls, env_id: str, hp: Hyperparameters | None = None) -> AtariSettings:
+        """``hp``: a run's hyperparameters; without one, the defaults (the DQN paper's pipeline)."""
+        hp = hp or Hyperparameters()
         spec_kwargs = gym.registry[env_id].kwargs
         sticky = hp.repeat_action_probability
         return cls(

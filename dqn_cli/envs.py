@@ -50,10 +50,6 @@ def make_vector_env(env_id: str, n_envs: int, hp: Any = None) -> gym.vector.Vect
     """
     check_env_id(env_id)
     if is_atari(env_id):
-        if hp is None:
-            from dqn_cli.config import Hyperparameters
-
-            hp = Hyperparameters()
         return make_atari_vector_env(AtariSettings.for_env(env_id, hp), n_envs)
     envs = gym.make_vec(
         env_id,

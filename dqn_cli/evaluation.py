@@ -186,7 +186,7 @@ class _FilmedEnv:
 def filmed_env(env_id: str, hp: Hyperparameters | None = None) -> _FilmedEnv | FilmedAtariEnv:
     """An env that gives the agent its observations and the camera a colour frame after every step."""
     if is_atari(env_id):
-        return FilmedAtariEnv(AtariSettings.for_env(env_id, hp or Hyperparameters()))
+        return FilmedAtariEnv(AtariSettings.for_env(env_id, hp))
     return _FilmedEnv(env_id)
 
 

@@ -166,6 +166,13 @@ class ReplayBuffer:
         self.size = min(self.size + len(actions), self.capacity)
         return index
 
+    def allocated_bytes(self) -> int:
+        """Bytes of the transition and frame arrays, filled or not (a sum tree not included)."""
+        arrays = [getattr(self, name) for name in self._FIELDS]
+        if self.frames is not None:
+            arrays += [self.frames.frames, self.frames.links]
+        return sum(array.nbytes for array in arrays)
+
     def stored(self) -> dict[str, np.ndarray]:
         """The filled part of each array (views, no copy), for checkpoints."""
         arrays = {name: getattr(self, name)[: self.size] for name in self._FIELDS}

@@ -224,8 +224,7 @@ def test_frame_replay_stores_at_most_7_2_kb_per_transition():
     assert replay_bytes(hp, (4, 84, 84), np.dtype(np.uint8)) <= 7.2e9
     small = atari_hp(buffer_size=100_000)
     buffer = make_replay(small, (4, 84, 84), np.dtype(np.uint8), np.random.default_rng(0))
-    arrays = [buffer.obs, buffer.next_obs, buffer.actions, buffer.rewards, buffer.terminated, buffer.horizons]
-    allocated = sum(a.nbytes for a in arrays) + buffer.frames.frames.nbytes + buffer.frames.links.nbytes
+    allocated = buffer.allocated_bytes()
     assert allocated == replay_bytes(small, (4, 84, 84), np.dtype(np.uint8))
     assert allocated / 100_000 <= 7_200
 
