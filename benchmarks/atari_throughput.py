@@ -27,20 +27,19 @@ from pathlib import Path
 sys.path.insert(0, {here!r})
 from atari_config import ATARI_CONFIG, ENV_ID
 import torch
-from dqn_cli.config import apply_overrides, resolve
-from dqn_cli.envs import make_vector_env
+from dqn_cli.hyperparameters import apply_overrides
+from dqn_cli.presets import resolve
 from dqn_cli.training import Trainer
 _, hp = resolve(ENV_ID)
-hp = apply_overrides(hp, {{**ATARI_CONFIG, "eval_freq": 0, "checkpoint_freq": 0, **{overrides!r}}})
-warm_up = apply_overrides(hp, {{"n_timesteps": hp.learning_starts}})
-envs = make_vector_env(ENV_ID, hp.n_envs, hp)
+overrides = {{**ATARI_CONFIG, "eval_freq": 0, "checkpoint_freq": 0, **{overrides!r}}}
+hp = apply_overrides(hp, {{**overrides, "n_timesteps": overrides["learning_starts"] + {steps}}})
+trainer = Trainer(ENV_ID, hp, 0, "atari", torch.device("cpu"))
 with tempfile.TemporaryDirectory() as tmp:
-    trainer = Trainer(envs, ENV_ID, warm_up, 0, "atari", Path(tmp), torch.device("cpu"))
-    trainer.run(quiet=True)  # random play up to learning_starts, untimed
-    trainer.hp = apply_overrides(hp, {{"n_timesteps": hp.learning_starts + {steps}}})
+    trainer.run(Path(tmp), quiet=True, until_step=hp.learning_starts)  # random play, untimed
     start = time.perf_counter()
-    trainer.run(quiet=True)
+    trainer.run(Path(tmp), quiet=True)
     elapsed = time.perf_counter() - start
+trainer.close()
 precision = trainer.model_meta["network"]["precision"]
 print(json.dumps({{"steps_per_second": {steps} / elapsed, "precision": precision}}))
 """
@@ -83,12 +82,13 @@ def replay_bytes_per_transition(buffer_size: int) -> dict[str, float]:
     from stable_baselines3.common.env_util import make_atari_env
     from stable_baselines3.common.vec_env import VecFrameStack
 
-    from dqn_cli.config import apply_overrides, resolve
-    from dqn_cli.replay import make_replay
+    from dqn_cli.hyperparameters import apply_overrides
+    from dqn_cli.presets import resolve
+    from dqn_cli.replay import Replay
 
     _, hp = resolve(ENV_ID)
     hp = apply_overrides(hp, {"buffer_size": buffer_size})
-    ours = make_replay(hp, (4, 84, 84), np.dtype(np.uint8), np.random.default_rng(0))
+    ours = Replay(hp, (4, 84, 84), np.dtype(np.uint8), np.random.default_rng(0))
     sizes = {"dqn": ours.allocated_bytes() / buffer_size}
     env = VecFrameStack(make_atari_env(ENV_ID, n_envs=1, seed=0), n_stack=4)
     for optimize in (False, True):

@@ -15,8 +15,8 @@ import torch
 from results import append_results
 
 from dqn_cli.agent import DQNAgent, greedy_actions
-from dqn_cli.config import resolve
 from dqn_cli.networks import build_q_network, network_spec
+from dqn_cli.presets import resolve
 from dqn_cli.replay import Batch
 
 BATCH, UPDATES, ACTS = 32, 40, 200
@@ -34,7 +34,9 @@ def milliseconds(action, count: int) -> float:
 def measure(precision: str, rng: np.random.Generator) -> tuple[float, float]:
     _, hp = resolve("PongNoFrameskip-v4")
     agent = DQNAgent(
-        build_q_network(network_spec((4, 84, 84), 6, [512], False, precision)), hp, torch.device("cpu")
+        build_q_network(network_spec((4, 84, 84), 6, [512], False, precision, obs_dtype="uint8")),
+        hp,
+        torch.device("cpu"),
     )
     frames = rng.integers(0, 256, size=(2, BATCH, 4, 84, 84), dtype=np.uint8)
     batch = Batch(

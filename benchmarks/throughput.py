@@ -23,8 +23,9 @@ import sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, {here!r})
 from throughput_config import FIXED_CONFIG
-from dqn_cli.config import Hyperparameters, apply_overrides
-from dqn_cli.training import train
+from dqn_cli.hyperparameters import Hyperparameters, apply_overrides
+from dqn_cli.training import set_training_threads, train
+set_training_threads("CartPole-v1")  # as `dqn train` does
 config = {{**FIXED_CONFIG, "n_timesteps": {steps}, "eval_freq": 0, "n_envs": {n_envs}}}
 hp = apply_overrides(Hyperparameters(), config)
 with tempfile.TemporaryDirectory() as tmp:

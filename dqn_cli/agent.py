@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dqn_cli.config import Hyperparameters
+from dqn_cli.hyperparameters import Hyperparameters
 from dqn_cli.replay import Batch
+from dqn_cli.state import State, nest, section
 
 
 def greedy_actions(q_network: nn.Module, obs: np.ndarray, device: torch.device) -> np.ndarray:
@@ -67,9 +68,11 @@ class DQNAgent:
             next_value = next_q_target.gather(1, best_next).squeeze(1)
             return rewards + self.hp.gamma**horizons * (1.0 - terminated) * next_value
 
-    def update(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, batch: Batch) -> tuple[torch.Tensor, np.ndarray | None]:
         """One gradient step on the TD loss (importance-weighted under prioritized replay).
-        Returns the loss and the per-transition TD errors, both detached."""
+
+        Returns the loss (detached, left on the device: no sync) and, for a prioritized batch (one with
+        importance weights), the per-transition TD errors that become its new priorities, else None."""
         obs, actions, rewards, next_obs, terminated, horizons = map(
             self._to_device,
             (batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated, batch.horizons),
@@ -84,7 +87,8 @@ class DQNAgent:
         loss.backward()
         nn.utils.clip_grad_norm_(self.online.parameters(), self.hp.max_grad_norm)
         self.optimizer.step()
-        return loss.detach(), (targets - q_taken).detach()
+        td_errors = None if batch.weights is None else (targets - q_taken).detach().cpu().numpy()
+        return loss.detach(), td_errors
 
     def update_target(self) -> None:
         """theta_target <- tau * theta_online + (1 - tau) * theta_target; tau = 1 is the paper's hard copy."""
@@ -94,3 +98,34 @@ class DQNAgent:
                     target.copy_(online)  # exact copy: lerp with weight 1 can round
                 else:
                     target.lerp_(online, self.hp.tau)
+
+    def state_dict(self) -> State:
+        """Both networks' weights and Adam's moments as arrays; Adam's settings as JSON."""
+        optimizer = self.optimizer.state_dict()
+        moments = {
+            f"{index}/{name}": tensor.cpu().numpy()
+            for index, values in optimizer["state"].items()
+            for name, tensor in values.items()
+        }
+        return {
+            **nest({"online": _arrays(self.online), "target": _arrays(self.target), "optimizer": moments}),
+            "optimizer_groups": optimizer["param_groups"],
+        }
+
+    def load_state_dict(self, state: State) -> None:
+        """Raises KeyError, ValueError or RuntimeError when the state is of another network."""
+        self.online.load_state_dict(_tensors(section(state, "online")))
+        self.target.load_state_dict(_tensors(section(state, "target")))
+        moments: dict[int, dict[str, torch.Tensor]] = {}
+        for key, tensor in _tensors(section(state, "optimizer")).items():
+            index, name = key.split("/")
+            moments.setdefault(int(index), {})[name] = tensor
+        self.optimizer.load_state_dict({"state": moments, "param_groups": state["optimizer_groups"]})
+
+
+def _arrays(network: nn.Module) -> dict[str, np.ndarray]:
+    return {key: tensor.cpu().numpy() for key, tensor in network.state_dict().items()}
+
+
+def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {key: torch.from_numpy(np.ascontiguousarray(array)) for key, array in arrays.items()}

@@ -16,7 +16,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from dqn_cli.config import Hyperparameters
+from dqn_cli.hyperparameters import Hyperparameters
 
 ALE_ENTRY_POINT = "ale_py.env:AtariEnv"
 NATIVE_SCREEN = (210, 160)  # every Atari 2600 game's screen, height x width

@@ -15,8 +15,8 @@ from datetime import datetime
 from multiprocessing import get_context
 from pathlib import Path
 
-from dqn_cli.config import resolve
 from dqn_cli.envs import check_env_id
+from dqn_cli.presets import resolve
 from dqn_cli.runfiles import RUNS_ROOT, env_folder_name, write_atomic
 
 FINAL_EVAL_EPISODES = 20
@@ -35,22 +35,16 @@ class SeedResult:
 
 
 def _greedy_mean(run_dir: Path, final: bool) -> float:
-    import numpy as np
+    from dqn_cli.evaluation import load_trained
 
-    from dqn_cli.evaluation import evaluate, load_trained, make_policy
-
-    trained = load_trained(run_dir, final=final, device="cpu")
-    policy = make_policy(trained.q_network, trained.n_actions, 0.0, FINAL_EVAL_SEED, trained.device)
-    return float(
-        np.mean(
-            evaluate(policy, trained.env_id, FINAL_EVAL_EPISODES, FINAL_EVAL_SEED, trained.hyperparameters)
-        )
-    )
+    returns = load_trained(run_dir, final=final, device="cpu").score(FINAL_EVAL_EPISODES, FINAL_EVAL_SEED)
+    return statistics.mean(returns)
 
 
 def _train_and_score(env_id: str, seed: int, run_dir: Path, device: str, sets: list[str]) -> SeedResult:
-    from dqn_cli.training import train
+    from dqn_cli.training import set_training_threads, train
 
+    set_training_threads(env_id)  # this worker process trains one run after another
     preset, hp = resolve(env_id, sets=sets)
     result = train(env_id, hp, seed=seed, preset=preset, run_dir=run_dir, device=device, quiet=True)
     return SeedResult(

@@ -122,8 +122,9 @@ def train(
     Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and exits 130 (143);
     `dqn train --resume` continues from it. A second Ctrl-C exits at once.
     """
-    from dqn_cli import config as cfg
-    from dqn_cli.training import TrainingDiverged, TrainingInterrupted
+    from dqn_cli.presets import resolve as resolve_preset
+    from dqn_cli.runfiles import read_config
+    from dqn_cli.training import TrainingDiverged, TrainingInterrupted, run_to_resume, set_training_threads
     from dqn_cli.training import resume as resume_training
     from dqn_cli.training import train as run_training
 
@@ -131,7 +132,8 @@ def train(
         if resume:
             if config is not None or set_ or run_dir is not None:
                 raise UserError("--resume continues a run with its own config; drop --config/--set/--run-dir")
-            run = Path(target) if target else None
+            run = run_to_resume(Path(target) if target else None)
+            set_training_threads(str(read_config(run).get("env_id", "")))
             result, exact = resume_training(run, steps=steps, device=device, quiet=quiet)
             if not exact and not quiet:
                 typer.echo(
@@ -143,7 +145,8 @@ def train(
             sets = list(set_ or [])
             if steps is not None:
                 sets.append(f"n_timesteps={steps}")
-            preset, hp = cfg.resolve(target, config, sets)
+            preset, hp = resolve_preset(target, config, sets)
+            set_training_threads(target)
             result = run_training(
                 target, hp, seed=seed, preset=preset, run_dir=run_dir, device=device, quiet=quiet
             )
@@ -194,18 +197,17 @@ def eval_(
     """Play greedy episodes with a trained model and report the returns."""
     import numpy as np
 
-    from dqn_cli.evaluation import evaluate, make_policy, play_rendered
+    from dqn_cli.evaluation import make_policy, play_rendered, prepare_play_process
     from dqn_cli.progress import EpisodeProgress
 
+    prepare_play_process()
     trained = _load(run_or_model, final, device, env)
-    policy = make_policy(trained.q_network, trained.n_actions, epsilon, seed, trained.device)
     if render:
+        policy = make_policy(trained.q_network, trained.n_actions, epsilon, seed, trained.device)
         returns = play_rendered(policy, trained.env_id, episodes, seed)
     else:
         with EpisodeProgress(f"eval {trained.env_id}", episodes) as progress:
-            returns = evaluate(
-                policy, trained.env_id, episodes, seed, trained.hyperparameters, progress.advance
-            )
+            returns = trained.score(episodes, seed, epsilon, progress.advance)
     summary = {
         "env_id": trained.env_id,
         "episodes": episodes,
@@ -245,9 +247,10 @@ def record(
     device: Device = "auto",
 ) -> None:
     """Film greedy episodes of a trained model to an mp4 or gif and print its path."""
-    from dqn_cli.evaluation import make_policy, record_video, video_path
+    from dqn_cli.evaluation import make_policy, prepare_play_process, record_video, video_path
     from dqn_cli.progress import EpisodeProgress
 
+    prepare_play_process(filming=True)
     trained = _load(run_or_model, final, device, env)
     path = video_path(trained.path, out)
     policy = make_policy(trained.q_network, trained.n_actions, epsilon, seed, trained.device)
@@ -302,14 +305,15 @@ def presets(
     ] = False,
 ) -> None:
     """List the shipped presets (env ids with tuned hyperparameters), or the hyperparameter keys."""
-    from dqn_cli import config as cfg
+    from dqn_cli.hyperparameters import Hyperparameters
+    from dqn_cli.presets import available_presets
 
     if keys:
-        defaults = cfg.Hyperparameters().to_dict()
-        for name, doc in cfg.Hyperparameters.docs().items():
+        defaults = Hyperparameters().to_dict()
+        for name, doc in Hyperparameters.docs().items():
             typer.echo(f"{name:24} {defaults[name]!s:12} {doc}")
         return
-    for name in cfg.available_presets():
+    for name in available_presets():
         typer.echo(name)
 
 
@@ -327,15 +331,6 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-STATE_STYLES = {
-    "finished": "green",
-    "running": "cyan",
-    "interrupted": "yellow",
-    "pruned": "magenta",
-    "diverged": "red",
-}
-
-
 @app.command()
 @user_errors
 def runs(
@@ -343,35 +338,42 @@ def runs(
         str | None, typer.Option("--env", help="Only the runs of this game, e.g. CartPole-v1.")
     ] = None,
 ) -> None:
-    """List the runs under ./runs, oldest first: steps done and planned, evaluations, time and state
-    (running, finished, interrupted, diverged, or pruned by `dqn tune`)."""
+    """List the runs under ./runs (those of `dqn bench` and `dqn tune` too), oldest first: steps done and
+    planned, gradient updates, evaluations, time and state (running, finished, interrupted, diverged, or
+    pruned by `dqn tune`)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
+    from dqn_cli.runfiles import RUNS_ROOT, RunState
     from dqn_cli.runlist import list_runs
 
-    found = list_runs(env_id=env)
+    state_styles = {
+        RunState.FINISHED: "green",
+        RunState.RUNNING: "cyan",
+        RunState.INTERRUPTED: "yellow",
+        RunState.PRUNED: "magenta",
+        RunState.DIVERGED: "red",
+    }
+    found = list_runs(RUNS_ROOT, env_id=env)
     if not found:
         where = f" for {env}" if env else ""
         typer.echo(f"No runs{where} under ./runs yet; start one with `dqn train ENV_ID`.")
         return
     table = Table()
-    table.add_column("env", overflow="fold")
-    table.add_column("run", overflow="fold")
-    for numeric in ("steps", "best eval", "last eval", "wall time"):
+    table.add_column("run (under runs/)", overflow="fold")  # the path names the game: no env column
+    for numeric in ("steps", "updates", "best eval", "last eval", "wall time"):
         table.add_column(numeric, justify="right")
     table.add_column("status", no_wrap=True)
     for run in found:
-        steps = f"{_number(run.step, 0)} / {_number(run.planned_steps, 0)}"
-        style = STATE_STYLES.get(run.state, "")
-        table.add_row(
-            run.env_id,
-            run.run_dir.name,
-            steps,
+        table.add_row(  # names as plain Text: a "[" in a folder name is not rich markup
+            Text(run.run_dir.relative_to(RUNS_ROOT).as_posix()),  # tells bench/ and tune runs apart
+            f"{_number(run.step, 0)} / {_number(run.planned_steps, 0)}",
+            _number(run.updates, 0),
             _number(run.best_eval),
             _number(run.last_eval),
             _duration(run.wall_time),
-            f"[{style}]{run.state}[/]" if style else run.state,
+            Text(run.state, style=state_styles[run.state]),
         )
     Console().print(table)
 
@@ -380,7 +382,12 @@ def runs(
 @user_errors
 def plot(
     run_dirs: Annotated[
-        list[Path], typer.Argument(metavar="RUN...", help="Run folders to draw, e.g. runs/CartPole-v1/*.")
+        list[Path],
+        typer.Argument(
+            metavar="RUN...",
+            help="Run folders to draw, or folders holding runs (every run below them), e.g. "
+            "runs/CartPole-v1 or runs/bench/NAME.",
+        ),
     ],
     out: Annotated[
         Path | None,

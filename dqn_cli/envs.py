@@ -82,8 +82,6 @@ def make_single_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     check_env_id(env_id)
     if render_mode == "human" and not display_available():
         raise UserError("--render needs a display, and none is available (DISPLAY is not set)")
-    if render_mode == "rgb_array":
-        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # off-screen frames need no window system
     try:
         env = gym.make(env_id, render_mode=render_mode)
     except gym.error.DependencyNotInstalled as exc:

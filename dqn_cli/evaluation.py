@@ -15,9 +15,9 @@ from torch import nn
 
 from dqn_cli.agent import epsilon_greedy
 from dqn_cli.atari import AtariSettings, FilmedAtariEnv, is_atari
-from dqn_cli.config import Hyperparameters, apply_overrides
 from dqn_cli.envs import check_env_fits, make_single_env, make_vector_env
 from dqn_cli.errors import UserError
+from dqn_cli.hyperparameters import Hyperparameters, saved_hyperparameters
 from dqn_cli.networks import build_q_network, resolve_device
 from dqn_cli.runfiles import load_model, resolve_model_path
 
@@ -38,17 +38,25 @@ class TrainedModel:
     def n_actions(self) -> int:
         return int(self.meta["action_space"]["n"])
 
+    def score(
+        self, episodes: int, seed: int, epsilon: float = 0.0, on_episode: EpisodeHook | None = None
+    ) -> list[float]:
+        return score_policy(
+            self.q_network,
+            self.n_actions,
+            self.env_id,
+            self.hyperparameters,
+            episodes,
+            seed,
+            self.device,
+            epsilon,
+            on_episode,
+        )
+
     @property
     def hyperparameters(self) -> Hyperparameters:
         """The training run's settings: Atari play must preprocess observations the same way."""
-        return saved_hyperparameters(self.meta)
-
-
-def saved_hyperparameters(meta: dict[str, Any]) -> Hyperparameters:
-    try:
-        return apply_overrides(Hyperparameters(), meta.get("hyperparameters", {}))
-    except UserError as exc:
-        raise UserError(f"the model's saved hyperparameters are not valid: {exc}") from None
+        return saved_hyperparameters(self.meta.get("hyperparameters", {}), f"model {self.path}")
 
 
 def load_trained(
@@ -58,12 +66,13 @@ def load_trained(
     another env, which must have the observation shape and action count it was trained with."""
     loaded = load_model(resolve_model_path(run_or_model, final))
     if env_id is not None and env_id != loaded.env_id:
-        check_env_fits(env_id, loaded.meta, loaded.env_id, saved_hyperparameters(loaded.meta))
+        check_env_fits(
+            env_id,
+            loaded.meta,
+            loaded.env_id,
+            saved_hyperparameters(loaded.meta.get("hyperparameters", {}), f"model {loaded.path}"),
+        )
     torch_device = resolve_device(device)
-    if torch_device.type == "cpu":
-        # Playing feeds a few observations at a time: one thread is fastest, and spinning worker threads
-        # would slow to a crawl whenever another process (a training run) holds the other cores.
-        torch.set_num_threads(1)
     try:
         q_network = build_q_network(loaded.meta["network"])
         q_network.load_state_dict(loaded.weights)
@@ -75,6 +84,16 @@ def load_trained(
     return TrainedModel(
         loaded.path, loaded.meta, q_network.to(torch_device), torch_device, env_id or loaded.env_id
     )
+
+
+def prepare_play_process(filming: bool = False) -> None:
+    """Call once where `dqn eval` or `dqn record` starts (process-wide settings, so no constructor does it).
+    Playing feeds a few observations at a time: one thread is fastest, and spinning worker threads would
+    slow to a crawl whenever another process (a training run) holds the other cores. Filming renders
+    off-screen, which needs no window system."""
+    torch.set_num_threads(1)
+    if filming:
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 
 def video_path(model_path: Path, out: Path | None) -> Path:
@@ -100,6 +119,23 @@ def make_policy(
         return epsilon_greedy(q_network, obs, epsilon, n_actions, rng, device)
 
     return act
+
+
+def score_policy(
+    q_network: nn.Module,
+    n_actions: int,
+    env_id: str,
+    hp: Hyperparameters | None,
+    episodes: int,
+    seed: int,
+    device: torch.device,
+    epsilon: float = 0.0,
+    on_episode: EpisodeHook | None = None,
+) -> list[float]:
+    """Returns of ``episodes`` episodes of the (epsilon-)greedy policy of ``q_network``: how training,
+    `dqn eval` and `dqn bench` all score a model. The seed fixes both the episodes and the random actions."""
+    policy = make_policy(q_network, n_actions, epsilon, seed, device)
+    return evaluate(policy, env_id, episodes, seed, hp, on_episode)
 
 
 def evaluate(

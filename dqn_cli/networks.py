@@ -15,11 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dqn_cli.errors import UserError
-
-
-def is_image(obs_shape: tuple[int, ...]) -> bool:
-    """Stacked frames (channels, height, width) get the convolutional network; anything else the MLP."""
-    return len(obs_shape) == 3
+from dqn_cli.observations import is_frame_stack
 
 
 def network_spec(
@@ -28,16 +24,20 @@ def network_spec(
     net_arch: list[int],
     dueling: bool = False,
     precision: str = "float32",
+    *,
+    obs_dtype: str,
 ) -> dict[str, Any]:
-    """``precision`` is the convolutions' arithmetic (see ``resolve_precision``); MLPs ignore it."""
+    """Stacked frames get the Nature CNN, anything else the MLP. ``precision`` is the convolutions'
+    arithmetic (see ``resolve_precision``); MLPs ignore it."""
+    frames = is_frame_stack(obs_shape, obs_dtype)
     spec = {
-        "kind": "nature_cnn" if is_image(obs_shape) else "mlp",
+        "kind": "nature_cnn" if frames else "mlp",
         "obs_shape": list(obs_shape),
         "n_actions": int(n_actions),
         "net_arch": list(net_arch),
         "dueling": dueling,
     }
-    if is_image(obs_shape):
+    if frames:
         spec["precision"] = precision
     return spec
 

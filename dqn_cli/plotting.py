@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from dqn_cli.errors import UserError
 from dqn_cli.metrics import Curves, read_metrics
-from dqn_cli.runfiles import CONFIG_FILE, read_config, write_atomic
+from dqn_cli.runfiles import CONFIG_FILE, is_run_dir, iter_runs, read_config, write_atomic
 
 PLOT_FILE = "curves.png"
 GRID_POINTS = 300
@@ -37,7 +37,7 @@ class PlottedRun:
 
 
 def load_run(run_dir: Path) -> PlottedRun:
-    if not (run_dir / CONFIG_FILE).is_file():
+    if not is_run_dir(run_dir):
         raise UserError(f"{run_dir} is not a run folder (it has no {CONFIG_FILE})")
     config = read_config(run_dir)
     return PlottedRun(
@@ -47,6 +47,28 @@ def load_run(run_dir: Path) -> PlottedRun:
         json.dumps(config.get("hyperparameters", {}), sort_keys=True),
         read_metrics(run_dir),
     )
+
+
+def runs_named_by(paths: Sequence[Path]) -> list[Path]:
+    """The run folders ``paths`` name: a run folder itself, or every run below a folder that holds runs
+    (``runs/CartPole-v1``, a bench folder). Files are passed over: a shell glob such as
+    ``runs/CartPole-v1/*`` also picks up the ``curves.png`` an earlier plot left there."""
+    runs: list[Path] = []
+    for path in paths:
+        if is_run_dir(path):
+            runs.append(path)
+        elif path.is_dir():
+            found = list(iter_runs(path))
+            if not found:
+                raise UserError(
+                    f"{path} is not a run folder and holds none (no {CONFIG_FILE} in it or below)"
+                )
+            runs += found
+        elif not path.exists():
+            raise UserError(f"no such run folder: {path}")
+    if not runs:
+        raise UserError("none of the paths given is a run folder or holds one")
+    return runs
 
 
 def default_output(run_dirs: Sequence[Path]) -> Path:
@@ -148,6 +170,7 @@ def plot_runs(run_dirs: Sequence[Path], out: Path | None = None, smooth: int = 2
     """Draw the learning curves of ``run_dirs`` into one PNG and return its path."""
     if out is not None and out.suffix.lower() != ".png":
         raise UserError(f"--out must end in .png, got {out.name!r}")
+    run_dirs = runs_named_by(run_dirs)
     games = group_runs([load_run(run_dir) for run_dir in run_dirs])
     out = out or default_output(run_dirs)
     figure = Figure(figsize=(8, 4.2 * len(games)), layout="constrained")

@@ -4,7 +4,8 @@ Layout: ``runs/<env-id>/<run-name>/`` with ``config.toml``, ``metrics.csv``, Ten
 folder itself (so ``tensorboard --logdir runs`` finds every run), ``status.json``, ``model.safetensors`` +
 ``model.json`` (end of training), ``best.safetensors`` + ``best.json`` (best periodic evaluation) and
 ``videos/``. Every file is written to a temporary name and renamed, so a crash never leaves a half-written
-model or config.
+model or config. Runs may sit deeper (`dqn bench` makes ``runs/bench/<name>/<env-id>-s<seed>/``), so a run
+folder is recognised by its ``config.toml``, at any depth.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import json
 import os
 import platform
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
+from enum import StrEnum
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -104,21 +107,93 @@ def read_config(run_dir: Path) -> dict[str, Any]:
 
     try:
         return tomllib.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"cannot read {run_dir / CONFIG_FILE}: {exc}") from None
 
 
-def write_status(run_dir: Path, **fields: Any) -> None:
-    """``status.json``: state (running, finished, interrupted, diverged), steps, evals, wall time, pid."""
-    status = {**fields, "pid": os.getpid(), "updated": datetime.now().isoformat(timespec="seconds")}
-    write_atomic(run_dir / STATUS_FILE, json.dumps(status, indent=2).encode())
+class RunState(StrEnum):
+    """Where a run's life stands, as ``status.json`` records it."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    INTERRUPTED = "interrupted"  # stopped by a signal or an error; resumable from its checkpoint
+    DIVERGED = "diverged"
+    PRUNED = "pruned"  # stopped early by `dqn tune`
 
 
-def read_status(run_dir: Path) -> dict[str, Any] | None:
+@dataclass
+class RunStatus:
+    """The content of ``status.json``: how far a run got, rewritten by the trainer as the run goes."""
+
+    state: RunState
+    step: int
+    planned_steps: int
+    updates: int = 0  # gradient steps done so far
+    wall_time: float = 0.0
+    best_eval: float | None = None
+    last_eval: float | None = None
+    pid: int | None = None  # of the writing process, so `dqn runs` can tell a live run from a killed one
+    updated: str | None = None  # ISO time of the write
+
+
+def write_status(run_dir: Path, status: RunStatus) -> None:
+    """Write ``status.json``, stamped with this process's id and the current time."""
+    stamped = replace(status, pid=os.getpid(), updated=datetime.now().isoformat(timespec="seconds"))
+    write_atomic(run_dir / STATUS_FILE, json.dumps(asdict(stamped), indent=2).encode())
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def read_status(run_dir: Path) -> RunStatus | None:
+    """``status.json`` as a RunStatus, or None if it is missing or not a JSON object.
+
+    It may be from an older version or damaged, and one such file must not stop `dqn runs` from listing
+    the others: a field of the wrong type reads as its default, an unknown state as interrupted.
+    """
     try:
-        return json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads((run_dir / STATUS_FILE).read_bytes())
+    except (OSError, ValueError, RecursionError):  # ValueError covers bad JSON and non-UTF-8 bytes
         return None
+    if not isinstance(data, dict):
+        return None
+    try:
+        state = RunState(data.get("state"))
+    except ValueError:
+        state = RunState.INTERRUPTED
+    updated = data.get("updated")
+    return RunStatus(
+        state=state,
+        step=_int(data.get("step")) or 0,
+        planned_steps=_int(data.get("planned_steps")) or 0,
+        updates=_int(data.get("updates")) or 0,
+        wall_time=_float(data.get("wall_time")) or 0.0,
+        best_eval=_float(data.get("best_eval")),
+        last_eval=_float(data.get("last_eval")),
+        pid=_int(data.get("pid")),
+        updated=updated if isinstance(updated, str) else None,
+    )
+
+
+def is_run_dir(path: Path) -> bool:
+    """A run folder is one holding ``config.toml``, the first file a run writes."""
+    return (path / CONFIG_FILE).is_file()
+
+
+def iter_runs(root: Path = RUNS_ROOT) -> Iterator[Path]:
+    """Every run folder under ``root``, at any depth, in name order; a run folder's own subfolders
+    (``videos/``) are not searched. Unreadable folders are skipped."""
+    for folder, subfolders, _ in os.walk(root):
+        if is_run_dir(Path(folder)):
+            subfolders.clear()
+            yield Path(folder)
+        else:
+            subfolders.sort()
 
 
 def package_versions() -> dict[str, str]:
@@ -164,11 +239,7 @@ def newest_run(
     runs_root: Path = RUNS_ROOT, having: tuple[str, ...] = MODEL_FILES, what: str = "a model"
 ) -> Path:
     """The most recently started run under ``runs_root`` holding one of the files ``having``."""
-    candidates = [
-        config.parent
-        for config in runs_root.glob(f"*/*/{CONFIG_FILE}")
-        if any((config.parent / name).exists() for name in having)
-    ]
+    candidates = [run for run in iter_runs(runs_root) if any((run / name).exists() for name in having)]
     if not candidates:
         raise UserError(f"no run with {what} found under {runs_root}/; train one with `dqn train ENV_ID`")
     return max(candidates, key=lambda d: (d / CONFIG_FILE).stat().st_mtime)

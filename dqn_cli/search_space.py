@@ -33,8 +33,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dqn_cli.config import Hyperparameters, apply_overrides
 from dqn_cli.errors import UserError
+from dqn_cli.hyperparameters import Hyperparameters, apply_overrides
 
 if TYPE_CHECKING:
     import optuna

@@ -1,47 +1,55 @@
-"""The training loop: collect with epsilon-greedy, store, update every ``train_freq`` steps, sync the
-target network, evaluate periodically and keep the best model, checkpoint so a run can resume exactly."""
+"""The training loop of Mnih et al. (2015), as named phases: collect a vector step with epsilon-greedy
+actions, then whatever falls due — gradient steps on replayed batches, a target-network sync, a greedy
+evaluation (keeping the best model), a checkpoint that lets the run resume exactly.
+
+The schedule counts env steps summed over the envs (``phases_due``): after ``learning_starts``, every
+``train_freq`` env steps run ``gradient_steps`` updates (-1: ``train_freq`` of them, one per env step).
+"""
 
 from __future__ import annotations
 
 import math
-import os
-import random
-import signal
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from dqn_cli.agent import DQNAgent, epsilon_greedy
-from dqn_cli.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from dqn_cli.config import Hyperparameters, apply_overrides
-from dqn_cli.envs import describe_spaces, final_observations, make_vector_env, restore_envs, snapshot_envs
+from dqn_cli.atari import is_atari
+from dqn_cli.checkpoint import (
+    CHECKPOINT_FILE,
+    load_checkpoint,
+    restore_parts,
+    save_checkpoint,
+)
+from dqn_cli.envs import describe_spaces, make_vector_env
 from dqn_cli.errors import UserError
-from dqn_cli.evaluation import evaluate, make_policy
-from dqn_cli.metrics import MetricsLogger
+from dqn_cli.evaluation import score_policy
+from dqn_cli.hyperparameters import Hyperparameters, apply_overrides, saved_hyperparameters
 from dqn_cli.networks import build_q_network, network_spec, resolve_device, resolve_precision
-from dqn_cli.progress import TrainingProgress
-from dqn_cli.replay import NStepAccumulator, check_replay_fits, make_replay
+from dqn_cli.randomness import RandomSources
+from dqn_cli.replay import Replay
+from dqn_cli.rollout import Rollout
 from dqn_cli.runfiles import (
     BEST_MODEL,
     CONFIG_FILE,
     FINAL_MODEL,
     RUNS_ROOT,
+    RunState,
     create_run_dir,
+    is_run_dir,
     newest_run,
     read_config,
     remove_stale_temporaries,
     save_model,
     write_config,
-    write_status,
 )
+from dqn_cli.session import LoopState, RunSession
+from dqn_cli.state import Stateful
 
 EVAL_SEED_OFFSET = 10_000  # periodic evaluations use episodes the training envs never see
-RECENT_EPISODES = 100  # the progress bar's "recent mean return"
 
 EvaluationHook = Callable[[int, float], None]
 
@@ -49,15 +57,28 @@ EvaluationHook = Callable[[int, float], None]
 class TrainingDiverged(RuntimeError):
     """The loss or the weights became NaN or infinite; the files saved before it are kept as they were."""
 
+    run_state = RunState.DIVERGED
+
 
 class TrainingInterrupted(Exception):
     """SIGINT or SIGTERM: a checkpoint was written and training can resume from it."""
+
+    run_state = RunState.INTERRUPTED
 
     def __init__(self, signum: int, run_dir: Path, step: int) -> None:
         super().__init__(f"interrupted at step {step:,}")
         self.exit_code = 128 + signum
         self.run_dir = run_dir
         self.step = step
+
+
+class StopTraining(Exception):
+    """Raised by an ``on_evaluation`` hook to end training early (a pruned tuning trial): the session
+    records ``state`` in status.json, and the exception reaches the caller."""
+
+    def __init__(self, state: RunState, message: str) -> None:
+        super().__init__(message)
+        self.run_state = state
 
 
 @dataclass
@@ -67,28 +88,17 @@ class TrainResult:
     wall_time: float
     best_eval: float | None
     last_eval: float | None
+    updates: int
 
 
-@dataclass
-class LoopState:
-    """The training loop's counters and statistics: with the arrays, all that a checkpoint restores."""
+@dataclass(frozen=True)
+class Due:
+    """What falls due when the env-step count moves on by one vector step."""
 
-    step: int = 0
-    last_train_step: int = 0
-    best_eval: float | None = None
-    last_eval: float | None = None
-    last_eval_step: int = -1
-    wall_time: float = 0.0  # seconds spent in earlier sessions of this run
-    loss_sum: float = 0.0
-    loss_count: int = 0
-    recent_returns: list[float] = field(default_factory=list)
-
-
-def seed_everything(seed: int) -> np.random.Generator:
-    """Seed Python, torch and numpy; returns the generator the loop draws exploration and replay from."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-    return np.random.default_rng(seed)
+    updates: int
+    target_syncs: int
+    evaluate: bool
+    checkpoint: bool
 
 
 def _crossed(step: int, previous: int, interval: int) -> int:
@@ -96,65 +106,88 @@ def _crossed(step: int, previous: int, interval: int) -> int:
     return step // interval - previous // interval if interval > 0 else 0
 
 
-class _StopSignals:
-    """First SIGINT/SIGTERM asks the loop to checkpoint and stop; a second SIGINT exits at once."""
+def phases_due(hp: Hyperparameters, previous: int, step: int) -> Due:
+    """The phases due after the env steps (previous, step]: every multiple of ``train_freq`` beyond
+    ``learning_starts`` is a training phase of ``gradient_steps`` updates (``train_freq`` for -1), every
+    multiple of ``target_update_interval`` a sync, and so on. A vector step may cross several."""
+    phases = (
+        _crossed(step, max(previous, hp.learning_starts), hp.train_freq) if step > hp.learning_starts else 0
+    )
+    return Due(
+        updates=phases * (hp.gradient_steps if hp.gradient_steps > 0 else hp.train_freq),
+        target_syncs=_crossed(step, previous, hp.target_update_interval),
+        evaluate=_crossed(step, previous, hp.eval_freq) > 0 or (hp.eval_freq > 0 and step >= hp.n_timesteps),
+        checkpoint=_crossed(step, previous, hp.checkpoint_freq) > 0,
+    )
 
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
 
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            # The checkpoint being written, if any, goes to a temporary name: the last good one stays.
-            os._exit(130)
-        self.received = signum
+def set_training_threads(env_id: str) -> None:
+    """Call once where a training process starts (it is process-wide, so no constructor does it): the
+    classic-control networks are so small that torch's thread hand-offs cost more than they save, so
+    they train on one thread; Atari's CNN keeps torch's default."""
+    if not is_atari(env_id):
+        torch.set_num_threads(1)
 
-    def __enter__(self) -> _StopSignals:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread (e.g. a tuning worker thread): leave signals alone
-                break
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+def available_memory() -> int | None:
+    """Bytes the kernel says can be allocated without swapping (Linux), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _replay_that_fits(hp: Hyperparameters, obs_shape: tuple[int, ...], obs_dtype, rng) -> Replay:
+    """Build replay, failing in one line when it would outgrow memory hours into a run: its arrays are
+    mapped lazily, so nothing else would notice until the kernel kills the process."""
+    available = available_memory()
+    try:
+        replay = Replay(hp, obs_shape, obs_dtype, rng)
+        needed = f"{replay.allocated_bytes() / 1e9:.1f} GB"
+    except MemoryError:  # so large that even mapping it was refused
+        replay, needed = None, "more than this machine has"
+    if replay is None or (available is not None and replay.allocated_bytes() > available):
+        free = "" if available is None else f", and {available / 1e9:.1f} GB of memory is available"
+        raise UserError(
+            f"a replay buffer of {hp.buffer_size:,} transitions needs {needed}{free}; "
+            "lower buffer_size (--set buffer_size=N)"
+        )
+    return replay
 
 
 class Trainer:
-    """Owns the envs, agent, replay and loop state of one run, and turns them into checkpoints and back."""
+    """One run's agent, replay, rollout and counters, and the loop that trains them. Building it
+    validates everything and writes nothing; ``run`` writes the run folder."""
 
     def __init__(
-        self,
-        envs,
-        env_id: str,
-        hp: Hyperparameters,
-        seed: int,
-        preset: str,
-        run_dir: Path,
-        device: torch.device,
+        self, env_id: str, hp: Hyperparameters, seed: int, preset: str, device: torch.device
     ) -> None:
-        self.envs, self.env_id, self.hp, self.seed, self.run_dir, self.device = (
-            envs,
-            env_id,
-            hp,
-            seed,
-            run_dir,
-            device,
-        )
-        self.rng = seed_everything(seed)
-        obs_space, action_space = envs.single_observation_space, envs.single_action_space
-        self.n_actions = int(action_space.n)
-        spec = network_spec(
-            obs_space.shape, self.n_actions, hp.net_arch, hp.dueling, resolve_precision(hp.precision, device)
-        )
-        if device.type == "cpu" and spec["kind"] == "mlp":
-            torch.set_num_threads(1)  # small networks: thread hand-offs cost more than they save
-        self.agent = DQNAgent(build_q_network(spec), hp, device)
+        self.env_id, self.hp, self.seed, self.device = env_id, hp, seed, device
+        self.random = RandomSources(seed)  # first: the network's initial weights come from it
+        envs = make_vector_env(env_id, hp.n_envs, hp)
+        try:
+            obs_space, action_space = envs.single_observation_space, envs.single_action_space
+            self.n_actions = int(action_space.n)
+            spec = network_spec(
+                obs_space.shape,
+                self.n_actions,
+                hp.net_arch,
+                hp.dueling,
+                resolve_precision(hp.precision, device),
+                obs_dtype=str(obs_space.dtype),
+            )
+            self.agent = DQNAgent(build_q_network(spec), hp, device)
+            self.replay = _replay_that_fits(hp, obs_space.shape, obs_space.dtype, self.random.numpy)
+            self.rollout = Rollout(envs, hp, self.replay, seed)
+        except BaseException:
+            envs.close()
+            raise
         self.device_loss_sum = torch.zeros((), device=device)  # summed where computed: no sync per update
-        self.buffer = make_replay(hp, obs_space.shape, obs_space.dtype, self.rng)
-        self.accumulator = NStepAccumulator(hp.n_step, hp.gamma, hp.n_envs) if hp.n_step > 1 else None
+        self.state = LoopState()
         self.model_meta = {
             "env_id": env_id,
             "preset": preset,
@@ -163,107 +196,145 @@ class Trainer:
             "network": spec,
             "hyperparameters": hp.to_dict(),
         }
-        self.state = LoopState()
-        self._begin_episodes(*envs.reset(seed=seed))
-        self.episode_returns = np.zeros(hp.n_envs)
-        self.episode_lengths = np.zeros(hp.n_envs, dtype=np.int64)
 
-    # ------------------------------------------------------------------------------------- checkpoints
+    def close(self) -> None:
+        self.rollout.close()
 
-    def save_checkpoint(self) -> None:
-        self._check_finite()
-        optimizer = self.agent.optimizer.state_dict()
-        arrays = {f"online/{k}": v.cpu().numpy() for k, v in self.agent.online.state_dict().items()}
-        arrays |= {f"target/{k}": v.cpu().numpy() for k, v in self.agent.target.state_dict().items()}
-        for index, moments in optimizer["state"].items():
-            arrays |= {f"optimizer/{index}/{name}": t.cpu().numpy() for name, t in moments.items()}
-        arrays |= {f"replay/{name}": array for name, array in self.buffer.stored().items()}
-        if self.accumulator is not None:
-            arrays |= {f"nstep/{name}": array for name, array in self.accumulator.state().items()}
-        if self.buffer.frames is not None:
-            arrays["loop/obs_refs"] = self.obs_refs
-        if self.lives is not None:
-            arrays["loop/lives"] = self.lives
-        arrays |= {
-            "loop/obs": self.obs,
-            "loop/episode_returns": self.episode_returns,
-            "loop/episode_lengths": self.episode_lengths,
-            "rng/torch": torch.get_rng_state().numpy(),
+    def parts(self) -> dict[str, Stateful]:
+        """Everything a checkpoint holds, by name."""
+        return {
+            "agent": self.agent,
+            "replay": self.replay,
+            "rollout": self.rollout,
+            "random": self.random,
+            "loop": self.state,
         }
-        state = {
-            "loop": asdict(self.state),
-            "replay": {"position": self.buffer.position, "size": self.buffer.size},
-            "optimizer_groups": optimizer["param_groups"],
-            "rng": {"numpy": self.rng.bit_generator.state, "python": _python_rng_state()},
-            "envs": snapshot_envs(self.envs),
-        }
-        save_checkpoint(self.run_dir, arrays, state)
 
-    def restore(self, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> bool:
+    def restore(self, state: dict, origin: Path) -> bool:
         """Load a checkpoint; returns False when the envs could not be restored and were reset instead."""
-
-        def section(prefix: str) -> dict[str, torch.Tensor]:
-            return {k[len(prefix) :]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith(prefix)}
-
-        try:
-            self.agent.online.load_state_dict(section("online/"))
-            self.agent.target.load_state_dict(section("target/"))
-            moments: dict[int, dict[str, torch.Tensor]] = {}
-            for key, tensor in section("optimizer/").items():
-                index, name = key.split("/")
-                moments.setdefault(int(index), {})[name] = tensor
-            self.agent.optimizer.load_state_dict(
-                {"state": moments, "param_groups": state["optimizer_groups"]}
-            )
-            replay = {k.removeprefix("replay/"): v for k, v in arrays.items() if k.startswith("replay/")}
-            self.buffer.restore(replay, **state["replay"])
-        except (KeyError, ValueError, RuntimeError) as exc:
-            raise UserError(f"checkpoint does not fit this run's network or replay: {exc}") from None
-        self.state = LoopState(**state["loop"])
-        self.rng.bit_generator.state = state["rng"]["numpy"]
-        random.setstate(_to_python_rng_state(state["rng"]["python"]))
-        torch.set_rng_state(torch.from_numpy(arrays["rng/torch"]))
-        if state["envs"] is not None:
-            restore_envs(self.envs, state["envs"])
-            if self.accumulator is not None:
-                self.accumulator.load_state({k[6:]: v for k, v in arrays.items() if k.startswith("nstep/")})
-            self.obs = arrays["loop/obs"]
-            self.obs_refs = arrays.get("loop/obs_refs")
-            self.lives = arrays.get("loop/lives")
-            self.episode_returns = arrays["loop/episode_returns"].copy()
-            self.episode_lengths = arrays["loop/episode_lengths"].copy()
-            return True
-        self._begin_episodes(*self.envs.reset(seed=self.seed + self.state.step))  # episodes in flight restart
-        return False
-
-    # ------------------------------------------------------------------------------ what learning sees
-
-    def _begin_episodes(self, obs: np.ndarray, infos: dict[str, Any]) -> None:
-        self.obs = obs
-        self.obs_refs = self.buffer.frames.start(obs) if self.buffer.frames is not None else None
-        self.lives = infos.get("lives")  # Atari only
-
-    def _stored_observations(
-        self, real_next: np.ndarray, next_obs: np.ndarray, terminated: np.ndarray, done: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """What replay keeps of (obs, next_obs): the observations, or with a frame store their references."""
-        if self.buffer.frames is None:
-            return self.obs, real_next
-        stored_obs = self.obs_refs
-        stored_next, self.obs_refs = self.buffer.frames.follow(
-            stored_obs, real_next, next_obs, terminated, done
-        )
-        return stored_obs, stored_next
+        restore_parts(self.parts(), state, origin)
+        if not self.rollout.restored_exactly:
+            self.rollout.restart(self.seed + self.state.step)  # the episodes in flight start again
+        return self.rollout.restored_exactly
 
     # ------------------------------------------------------------------------------------------ the loop
+
+    def run(
+        self,
+        run_dir: Path,
+        quiet: bool = False,
+        on_evaluation: EvaluationHook | None = None,
+        until_step: int | None = None,
+    ) -> TrainResult:
+        """Train to ``until_step`` env steps (default: ``n_timesteps``), or until an evaluation reaches
+        ``stop_at_eval_return``; ``on_evaluation(step, mean_return)`` runs after each evaluation."""
+        s, until = self.state, self.hp.n_timesteps if until_step is None else until_step
+        with RunSession(run_dir, self.env_id, self.hp, s, quiet) as session:
+            while s.step < until and not self._reached_target():
+                previous = s.step
+                self.collect(session)
+                due = phases_due(self.hp, previous, s.step)
+                self.learn(due.updates)
+                self.sync_target(due.target_syncs)
+                if due.evaluate:
+                    self.evaluate(session, on_evaluation)
+                if due.checkpoint:
+                    self.checkpoint(session)
+                session.show_progress(self.hp.exploration_rate(s.step))
+                if session.stop_signal is not None:
+                    self.checkpoint(session)
+                    raise TrainingInterrupted(session.stop_signal, run_dir, s.step)
+            self.save_model(session, FINAL_MODEL, s.last_eval if s.last_eval_step == s.step else None)
+            self.checkpoint(session)
+        return TrainResult(run_dir, s.step, s.wall_time, s.best_eval, s.last_eval, s.updates)
+
+    def _reached_target(self) -> bool:
+        s = self.state
+        return s.last_eval_step == s.step and s.last_eval >= self.hp.stop_at_eval_return
+
+    def collect(self, session: RunSession) -> None:
+        """One vector step: random actions before ``learning_starts``, epsilon-greedy after."""
+        s, epsilon = self.state, self.hp.exploration_rate(self.state.step)
+        rng = self.random.numpy
+        if s.step < self.hp.learning_starts:
+            actions = rng.integers(0, self.n_actions, size=self.hp.n_envs)
+        else:
+            actions = epsilon_greedy(
+                self.agent.online, self.rollout.obs, epsilon, self.n_actions, rng, self.device
+            )
+        ended = self.rollout.step(actions)
+        s.step += self.hp.n_envs
+        if ended.returns:
+            session.episodes_ended(ended.returns, ended.lengths, self._drain_loss(), epsilon)
+
+    def learn(self, updates: int) -> None:
+        """``updates`` gradient steps on replayed batches; none while replay is empty (an n-step
+        accumulator may not have completed a transition yet)."""
+        if updates == 0 or len(self.replay) == 0:
+            return
+        beta = self.hp.importance_exponent(self.state.step)
+        for _ in range(updates):
+            batch = self.replay.sample(self.hp.batch_size, beta)
+            loss, td_errors = self.agent.update(batch)
+            self.device_loss_sum += loss
+            self.replay.update_priorities(batch.indices, td_errors)
+        self.state.loss_count += updates
+        self.state.updates += updates
+
+    def sync_target(self, times: int) -> None:
+        for _ in range(times):
+            self.agent.update_target()
+
+    def evaluate(self, session: RunSession, on_evaluation: EvaluationHook | None) -> None:
+        """Score the greedy policy on episodes the training envs never play; keep the best model."""
+        s = self.state
+        returns = score_policy(
+            self.agent.online,
+            self.n_actions,
+            self.env_id,
+            self.hp,
+            self.hp.eval_episodes,
+            self.seed + EVAL_SEED_OFFSET,
+            self.device,
+        )
+        self.agent.online.train()
+        s.last_eval, s.last_eval_step = float(np.mean(returns)), s.step
+        if s.best_eval is None or s.last_eval > s.best_eval:
+            s.best_eval = s.last_eval
+            self.save_model(session, BEST_MODEL, s.best_eval)
+        session.evaluated(s.last_eval, self.hp.exploration_rate(s.step))
+        if on_evaluation is not None:
+            on_evaluation(s.step, s.last_eval)
+
+    def checkpoint(self, session: RunSession) -> None:
+        self._collect_loss()
+        self._check_finite()
+        session.bank_time()
+        save_checkpoint(session.run_dir, self.parts(), self.state.step)
+
+    def save_model(self, session: RunSession, name: str, eval_return: float | None) -> None:
+        self._check_finite()
+        meta = {**self.model_meta, "step": self.state.step, "eval_return": eval_return}
+        save_model(session.run_dir, name, self.agent.online.state_dict(), meta)
+
+    # ------------------------------------------------------------------------------- loss and divergence
 
     def _collect_loss(self) -> None:
         """Move the losses summed on the device into the loop state (one sync), before it is read."""
         self.state.loss_sum += float(self.device_loss_sum)
         self.device_loss_sum.zero_()
 
+    def _drain_loss(self) -> float | None:
+        """The mean loss since the last metrics row (None if no update ran); a NaN stops training."""
+        self._collect_loss()
+        s = self.state
+        if not s.loss_count:
+            return None
+        self._check_loss()
+        mean, s.loss_sum, s.loss_count = s.loss_sum / s.loss_count, 0.0, 0
+        return mean
+
     def _check_loss(self) -> None:
-        """Cheap enough for every episode end: a NaN or infinite loss stops training."""
         if self.state.loss_count and not math.isfinite(self.state.loss_sum):
             raise TrainingDiverged(
                 f"training diverged: the TD loss became {self.state.loss_sum} at step {self.state.step:,}"
@@ -276,175 +347,6 @@ class Trainer:
             raise TrainingDiverged(
                 f"training diverged: Q-network weights became NaN or infinite at step {self.state.step:,}"
             )
-
-    def _save_model(self, name: str, eval_return: float | None) -> None:
-        self._check_finite()
-        meta = {**self.model_meta, "step": self.state.step, "eval_return": eval_return}
-        save_model(self.run_dir, name, self.agent.online.state_dict(), meta)
-
-    def _report(self, status: str, session_start: float) -> None:
-        s = self.state
-        write_status(
-            self.run_dir,
-            state=status,
-            step=s.step,
-            planned_steps=self.hp.n_timesteps,
-            wall_time=s.wall_time + time.perf_counter() - session_start,
-            best_eval=s.best_eval,
-            last_eval=s.last_eval,
-        )
-
-    def _evaluate(self, metrics: MetricsLogger, wall_time: float) -> float:
-        policy = make_policy(self.agent.online, self.n_actions, 0.0, self.seed, self.device)
-        mean = float(
-            np.mean(
-                evaluate(policy, self.env_id, self.hp.eval_episodes, self.seed + EVAL_SEED_OFFSET, self.hp)
-            )
-        )
-        self.agent.online.train()
-        metrics.evaluation(self.state.step, wall_time, mean, self.hp.exploration_rate(self.state.step))
-        return mean
-
-    def _finish_episodes(self, done: np.ndarray, metrics: MetricsLogger, epsilon: float, wall_time: float):
-        s = self.state
-        for i in np.flatnonzero(done):
-            mean_loss = None
-            if s.loss_count:
-                self._check_loss()
-                mean_loss, s.loss_sum, s.loss_count = s.loss_sum / s.loss_count, 0.0, 0
-            ret = float(self.episode_returns[i])
-            metrics.episode(s.step, wall_time, ret, int(self.episode_lengths[i]), mean_loss, epsilon)
-            s.recent_returns = [*s.recent_returns[-(RECENT_EPISODES - 1) :], ret]
-            self.episode_returns[i], self.episode_lengths[i] = 0.0, 0
-
-    def run(self, quiet: bool, on_evaluation: EvaluationHook | None = None) -> TrainResult:
-        hp, s, n_envs = self.hp, self.state, self.hp.n_envs
-        session_start = time.perf_counter()
-        metrics = MetricsLogger(self.run_dir, resume_step=s.step)
-        progress = TrainingProgress(self.env_id, hp.n_timesteps, quiet, start_step=s.step)
-        self._report("running", session_start)
-        try:
-            with progress, _StopSignals() as signals:
-                while s.step < hp.n_timesteps:
-                    epsilon = hp.exploration_rate(s.step)
-                    if s.step < hp.learning_starts:
-                        actions = self.rng.integers(0, self.n_actions, size=n_envs)
-                    else:
-                        actions = epsilon_greedy(
-                            self.agent.online, self.obs, epsilon, self.n_actions, self.rng, self.device
-                        )
-                    next_obs, rewards, terminated, truncated, infos = self.envs.step(actions)
-                    done = terminated | truncated
-                    real_next = final_observations(next_obs, infos, done)
-                    learn_rewards, learn_terminal = learning_signals(
-                        self.hp, rewards, terminated, done, self.lives, infos.get("lives")
-                    )
-                    self.lives = infos.get("lives")  # where a game ended: the new game's lives
-                    stored_obs, stored_next = self._stored_observations(real_next, next_obs, terminated, done)
-                    if self.accumulator is None:
-                        self.buffer.add(stored_obs, actions, learn_rewards, stored_next, learn_terminal)
-                    elif ready := self.accumulator.add(
-                        stored_obs, actions, learn_rewards, stored_next, learn_terminal, truncated
-                    ):
-                        self.buffer.add(*ready)
-                    self.obs = next_obs
-                    previous, s.step = s.step, s.step + n_envs
-                    wall_time = s.wall_time + time.perf_counter() - session_start
-
-                    self.episode_returns += rewards
-                    self.episode_lengths += 1
-                    if done.any():
-                        self._collect_loss()
-                        self._finish_episodes(done, metrics, epsilon, wall_time)
-
-                    if s.step > hp.learning_starts and _crossed(s.step, previous, hp.train_freq):
-                        n_updates = hp.gradient_steps if hp.gradient_steps > 0 else s.step - s.last_train_step
-                        beta = hp.importance_exponent(s.step)
-                        for _ in range(n_updates):
-                            batch = self.buffer.sample(hp.batch_size, beta)
-                            loss, td_errors = self.agent.update(batch)
-                            self.device_loss_sum += loss
-                            if hp.prioritized_replay:
-                                self.buffer.update_priorities(batch.indices, td_errors.cpu().numpy())
-                        s.loss_count += n_updates
-                        s.last_train_step = s.step
-                    if _crossed(s.step, previous, hp.target_update_interval):
-                        self.agent.update_target()
-                    evaluate_now = _crossed(s.step, previous, hp.eval_freq) or (
-                        hp.eval_freq and s.step >= hp.n_timesteps
-                    )
-                    if evaluate_now:
-                        s.last_eval, s.last_eval_step = self._evaluate(metrics, wall_time), s.step
-                        if s.best_eval is None or s.last_eval > s.best_eval:
-                            s.best_eval = s.last_eval
-                            self._save_model(BEST_MODEL, s.best_eval)
-                        self._report("running", session_start)
-                        if on_evaluation is not None:
-                            on_evaluation(s.step, s.last_eval)
-                    if _crossed(s.step, previous, hp.checkpoint_freq):
-                        self._collect_loss()
-                        self._checkpoint(session_start)
-                    progress.update(s.step, epsilon, s.recent_returns, s.last_eval)
-                    if signals.received is not None:
-                        self._collect_loss()
-                        self._checkpoint(session_start)
-                        self._report("interrupted", session_start)
-                        raise TrainingInterrupted(signals.received, self.run_dir, s.step)
-                    if s.last_eval_step == s.step and s.last_eval >= hp.stop_at_eval_return:
-                        break
-            self._collect_loss()
-            self._save_model(FINAL_MODEL, s.last_eval if s.last_eval_step == s.step else None)
-            self._checkpoint(session_start)
-        except TrainingDiverged:
-            self._report("diverged", session_start)
-            raise
-        except TrainingInterrupted:
-            raise
-        except BaseException:
-            self._report("interrupted", session_start)
-            raise
-        finally:
-            metrics.close()
-        self._report("finished", session_start)
-        return TrainResult(
-            self.run_dir, s.step, s.wall_time + time.perf_counter() - session_start, s.best_eval, s.last_eval
-        )
-
-    def _checkpoint(self, session_start: float) -> None:
-        """Write a checkpoint whose wall time includes this session so far."""
-        elapsed = time.perf_counter() - session_start
-        self.state.wall_time += elapsed
-        try:
-            self.save_checkpoint()
-        finally:
-            self.state.wall_time -= elapsed
-
-
-def learning_signals(
-    hp: Hyperparameters,
-    rewards: np.ndarray,
-    terminated: np.ndarray,
-    done: np.ndarray,
-    lives_before: np.ndarray | None,
-    lives_after: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rewards and terminals as the learner sees them: sign-clipped, and ending at each lost life (Atari),
-    if the hyperparameters say so (Mnih et al. 2015). Metrics keep the raw score and whole games."""
-    if hp.clip_reward:
-        rewards = np.sign(rewards)
-    if hp.terminal_on_life_loss and lives_before is not None and lives_after is not None:
-        terminated = terminated | ((lives_after < lives_before) & ~done)
-    return rewards, terminated
-
-
-def _python_rng_state() -> list[Any]:
-    version, internal, gauss = random.getstate()
-    return [version, list(internal), gauss]
-
-
-def _to_python_rng_state(saved: list[Any]) -> tuple[Any, ...]:
-    version, internal, gauss = saved
-    return version, tuple(internal), gauss
 
 
 def train(
@@ -465,16 +367,26 @@ def train(
     there); an exception it raises ends training, with the run folder left as it was at that point.
     """
     torch_device = resolve_device(device)
-    envs = make_vector_env(env_id, hp.n_envs, hp)  # validates the env id and spaces before any file exists
+    trainer = Trainer(env_id, hp, seed, preset, torch_device)  # validates everything, writes nothing
     try:
-        check_replay_fits(hp, envs.single_observation_space.shape, envs.single_observation_space.dtype)
         run_dir = create_run_dir(env_id, seed, run_dir, runs_root)
-        run_info = {"env_id": env_id, "seed": seed, "preset": preset, "device": str(torch_device)}
-        write_config(run_dir, run_info, hp.to_dict())
-        trainer = Trainer(envs, env_id, hp, seed, preset, run_dir, torch_device)
-        return trainer.run(quiet, on_evaluation)
+        write_config(
+            run_dir,
+            {"env_id": env_id, "seed": seed, "preset": preset, "device": str(torch_device)},
+            hp.to_dict(),
+        )
+        return trainer.run(run_dir, quiet, on_evaluation)
     finally:
-        envs.close()
+        trainer.close()
+
+
+def run_to_resume(run_dir: Path | None) -> Path:
+    """The run folder ``--resume`` continues: the one given, or the newest run with a checkpoint."""
+    if run_dir is None:
+        return newest_run(having=(CHECKPOINT_FILE,), what="a checkpoint")
+    if not is_run_dir(run_dir):
+        raise UserError(f"{run_dir} is not a run folder (no {CONFIG_FILE})")
+    return run_dir
 
 
 def resume(
@@ -483,29 +395,20 @@ def resume(
     """Continue a run (default: the newest with a checkpoint) from its checkpoint, to ``steps`` in total if
     given. Returns the result and whether the episodes in flight were restored exactly (classic control)
     rather than restarted."""
-    if run_dir is None:
-        run_dir = newest_run(having=(CHECKPOINT_FILE,), what="a checkpoint")
-    elif not (run_dir / CONFIG_FILE).is_file():
-        raise UserError(f"{run_dir} is not a run folder (no {CONFIG_FILE})")
+    run_dir = run_to_resume(run_dir)
     config = read_config(run_dir)
-    hp = apply_overrides(Hyperparameters(), config.get("hyperparameters", {}))
-    arrays, state = load_checkpoint(run_dir)
+    hp = saved_hyperparameters(config.get("hyperparameters"), str(run_dir / CONFIG_FILE))
+    checkpoint = load_checkpoint(run_dir)
     if steps is not None:
-        if steps <= state["loop"]["step"]:
-            raise UserError(
-                f"--steps {steps:,} is not beyond the checkpoint's step {state['loop']['step']:,}"
-            )
+        if steps <= checkpoint.step:
+            raise UserError(f"--steps {steps:,} is not beyond the checkpoint's step {checkpoint.step:,}")
         hp = apply_overrides(hp, {"n_timesteps": steps})
-        write_config(run_dir, {k: v for k, v in config.items() if k != "hyperparameters"}, hp.to_dict())
-    torch_device = resolve_device(device)
-    envs = make_vector_env(config["env_id"], hp.n_envs, hp)
+    trainer = Trainer(config["env_id"], hp, config["seed"], config.get("preset", ""), resolve_device(device))
     try:
-        check_replay_fits(hp, envs.single_observation_space.shape, envs.single_observation_space.dtype)
+        exact = trainer.restore(checkpoint.state, run_dir / CHECKPOINT_FILE)
+        if steps is not None:  # only once the checkpoint is known to fit
+            write_config(run_dir, {k: v for k, v in config.items() if k != "hyperparameters"}, hp.to_dict())
         remove_stale_temporaries(run_dir)
-        trainer = Trainer(
-            envs, config["env_id"], hp, config["seed"], config.get("preset", ""), run_dir, torch_device
-        )
-        exact = trainer.restore(arrays, state)
-        return trainer.run(quiet), exact
+        return trainer.run(run_dir, quiet), exact
     finally:
-        envs.close()
+        trainer.close()

@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
-from dqn_cli import config as cfg
 from dqn_cli.errors import UserError
-from dqn_cli.runfiles import RUNS_ROOT, env_folder_name, read_status, write_atomic, write_status
+from dqn_cli.hyperparameters import Hyperparameters, apply_overrides
+from dqn_cli.presets import resolve
+from dqn_cli.runfiles import RUNS_ROOT, RunState, env_folder_name, write_atomic
 from dqn_cli.search_space import SearchSpace, load_space, space_for
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ class TuneJob:
 
     env_id: str
     preset: str
-    base: cfg.Hyperparameters  # the preset with the space's [fixed] values applied
+    base: Hyperparameters  # the preset with the space's [fixed] values applied
     space: SearchSpace
     storage: str
     study: str
@@ -100,8 +101,8 @@ def prepare(
     if not STUDY_NAME.fullmatch(study):
         raise UserError(f"study name {study!r} may use only letters, digits, '.', '_' and '-'")
     space = space_for(env_id) if space_file is None else load_space(space_file)
-    preset, hp = cfg.resolve(env_id)
-    base = cfg.apply_overrides(hp, space.fixed)
+    preset, hp = resolve(env_id)
+    base = apply_overrides(hp, space.fixed)
     if base.eval_freq <= 0:
         raise UserError("tuning scores trials by their evaluations: eval_freq must be > 0")
     storage = storage or f"sqlite:///{(runs_root / TUNE_DIR / f'{study}.db').resolve()}"
@@ -259,6 +260,10 @@ def work(job: TuneJob) -> None:
     """One worker: take trials until the study holds ``job.n_trials`` of them."""
     import optuna
 
+    from dqn_cli.training import set_training_threads
+
+    set_training_threads(job.env_id)  # where this worker process starts: it trains one trial after another
+
     study = optuna.load_study(
         study_name=job.study,
         storage=open_storage(job.storage),
@@ -277,10 +282,9 @@ def _claim_trial(study: optuna.Study, job: TuneJob) -> optuna.Trial | None:
 
 def _run_trial(study: optuna.Study, trial: optuna.Trial, job: TuneJob) -> None:
     """Train one sampled configuration and tell Optuna how it went: complete, pruned or failed."""
-    import optuna
     from optuna.trial import TrialState
 
-    from dqn_cli.training import TrainingDiverged, train
+    from dqn_cli.training import StopTraining, TrainingDiverged, train
 
     run_dir = job.runs_root / env_folder_name(job.env_id) / f"tune-{job.study}-t{trial.number}"
     trial.set_user_attr("run_dir", str(run_dir))
@@ -288,12 +292,13 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, job: TuneJob) -> None:
     started = time.perf_counter()
 
     def on_evaluation(step: int, mean_return: float) -> None:
+        """Report to the pruner; the trainer records a pruned run as such in its status.json."""
         trial.report(mean_return, step)
         if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at step {step:,} (eval return {mean_return:.1f})")
+            raise StopTraining(RunState.PRUNED, f"pruned at step {step:,} (eval return {mean_return:.1f})")
 
     try:
-        hp = cfg.apply_overrides(job.base, params)
+        hp = apply_overrides(job.base, params)
         trial.set_user_attr("hyperparameters", hp.to_dict())
         result = train(
             job.env_id,
@@ -306,8 +311,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, job: TuneJob) -> None:
             runs_root=job.runs_root,
             on_evaluation=on_evaluation,
         )
-    except optuna.TrialPruned as exc:
-        write_status(run_dir, **{**(read_status(run_dir) or {}), "state": "pruned"})  # not "interrupted"
+    except StopTraining as exc:  # raised only by on_evaluation, so the pruner asked for it
         study.tell(trial, state=TrialState.PRUNED)
         _say(job, f"trial {trial.number} {exc} after {time.perf_counter() - started:.1f}s")
         return
@@ -330,7 +334,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, job: TuneJob) -> None:
     )
 
 
-def _hold_after_stop(trial: optuna.Trial, hp: cfg.Hyperparameters, result: TrainResult) -> None:
+def _hold_after_stop(trial: optuna.Trial, hp: Hyperparameters, result: TrainResult) -> None:
     """A run that stopped because an evaluation reached ``stop_at_eval_return`` is reported as holding
     that return for the rest of its budget, so the pruner measures later steps of slower trials against
     it rather than only against other slow ones."""

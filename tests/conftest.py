@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from dqn_cli.config import resolve
-from dqn_cli.training import train
+from dqn_cli.presets import resolve
+from dqn_cli.training import set_training_threads, train
+
+set_training_threads("CartPole-v1")  # as `dqn train` does for the small networks most tests train
 
 TINY = ["n_timesteps=600", "learning_starts=100", "eval_freq=300", "eval_episodes=2", "net_arch=[16]"]
 

@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from dqn_cli.agent import DQNAgent, epsilon_greedy
-from dqn_cli.config import Hyperparameters, apply_overrides
 from dqn_cli.envs import final_observations, make_vector_env
+from dqn_cli.hyperparameters import Hyperparameters, apply_overrides
 from dqn_cli.networks import build_q_network, network_spec
 from dqn_cli.replay import Batch
 
@@ -26,7 +26,7 @@ class ObsAsQ(nn.Module):
 
 def _agent(**overrides) -> DQNAgent:
     hp = apply_overrides(Hyperparameters(), {"gamma": 0.5, **overrides})
-    return DQNAgent(build_q_network(network_spec((4,), 2, [8])), hp, CPU)
+    return DQNAgent(build_q_network(network_spec((4,), 2, [8], obs_dtype="float32")), hp, CPU)
 
 
 def test_td_target_terminated_does_not_bootstrap_but_truncated_does():

@@ -10,14 +10,15 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from helpers import assert_one_line_error, dqn
 
 from dqn_cli.atari import AtariSettings, FilmedAtariEnv, make_atari_vector_env
-from dqn_cli.config import Hyperparameters, apply_overrides, preset_name_for, resolve
-from dqn_cli.envs import final_observations, make_vector_env
+from dqn_cli.envs import make_vector_env
+from dqn_cli.hyperparameters import Hyperparameters, apply_overrides
 from dqn_cli.networks import build_q_network, network_spec
-from dqn_cli.replay import FrameStore, ReplayBuffer, make_replay, replay_bytes
-from dqn_cli.training import learning_signals
-from tests.test_cli import assert_one_line_error, dqn
+from dqn_cli.presets import preset_name_for, resolve
+from dqn_cli.replay import EnvStep, FrameStore, Replay
+from dqn_cli.rollout import Rollout, learning_signals
 
 PONG = "PongNoFrameskip-v4"
 
@@ -89,6 +90,7 @@ def test_learning_sees_clipped_rewards_and_lost_lives_as_terminal():
     assert rewards.tolist() == [7.0] and terminated.tolist() == [False]
 
 
+@pytest.mark.slow
 def test_eval_and_record_see_exactly_the_training_observations():
     """Same seed, same actions: the training env, the evaluation env and the recording's agent view
     produce identical observations, and the recording's colour camera stays in step with them."""
@@ -120,7 +122,7 @@ def test_eval_and_record_see_exactly_the_training_observations():
 
 
 def test_nature_cnn_shape_and_uint8_input():
-    spec = network_spec((4, 84, 84), 6, [512], dueling=False, precision="float32")
+    spec = network_spec((4, 84, 84), 6, [512], dueling=False, precision="float32", obs_dtype="uint8")
     network = build_q_network(spec)
     assert spec["kind"] == "nature_cnn"
     # 3 convolutions (32 8x8/4, 64 4x4/2, 64 3x3/1), 3136 -> 512, 512 -> 6: the Nature DQN's 1,687,206
@@ -133,8 +135,8 @@ def test_nature_cnn_shape_and_uint8_input():
 
 def test_bfloat16_convolutions_stay_close_to_float32():
     torch.manual_seed(0)
-    exact = build_q_network(network_spec((4, 84, 84), 6, [512], False, "float32"))
-    fast = build_q_network(network_spec((4, 84, 84), 6, [512], False, "bfloat16"))
+    exact = build_q_network(network_spec((4, 84, 84), 6, [512], False, "float32", obs_dtype="uint8"))
+    fast = build_q_network(network_spec((4, 84, 84), 6, [512], False, "bfloat16", obs_dtype="uint8"))
     fast.load_state_dict(exact.state_dict())
     frames = torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8)
     q_exact, q_fast = exact(frames), fast(frames)
@@ -183,28 +185,37 @@ def test_frame_replay_rebuilds_the_stacks_a_naive_buffer_stores(n_envs: int):
     stack, capacity = 4, 60
     hp = apply_overrides(Hyperparameters(), {"buffer_size": capacity, "n_envs": n_envs})
     rng = np.random.default_rng(n_envs)
-    dedup = make_replay(hp, (stack, 3, 2), np.dtype(np.uint8), np.random.default_rng(0))
-    naive = ReplayBuffer(capacity, (stack, 3, 2), np.dtype(np.uint8), np.random.default_rng(0))
-    assert dedup.frames is not None and naive.frames is None
+    dedup = Replay(hp, (stack, 3, 2), np.dtype(np.uint8), np.random.default_rng(0))
+    # the same frames as 2-D observations are no frame stacks: replay copies them whole
+    naive = Replay(hp, (stack, 6), np.dtype(np.uint8), np.random.default_rng(0))
+    assert isinstance(dedup.keeping, FrameStore) and not isinstance(naive.keeping, FrameStore)
     envs = FakeFrameEnvs(n_envs, stack, rng)
-    obs, refs = envs.obs.copy(), dedup.frames.start(envs.obs)
+    dedup.start(envs.obs.copy())
+    naive.start(envs.obs.reshape(n_envs, stack, 6))
     for _ in range(400):
         next_obs, real_next, terminated, truncated = envs.step()
-        done = terminated | truncated
         actions, rewards = rng.integers(0, 4, n_envs), rng.random(n_envs)
-        stored_next, new_refs = dedup.frames.follow(refs, real_next, next_obs, terminated, done)
-        dedup.add(refs, actions, rewards, stored_next, terminated)
-        naive.add(obs, actions, rewards, real_next, terminated)
-        obs, refs = next_obs, new_refs
-        np.testing.assert_array_equal(dedup.frames.stacks(refs), obs)
+        for replay, shape in ((dedup, (stack, 3, 2)), (naive, (stack, 6))):
+            replay.add_step(
+                EnvStep(
+                    actions,
+                    rewards,
+                    terminated,
+                    terminated,
+                    truncated,
+                    real_next.reshape(n_envs, *shape),
+                    next_obs.reshape(n_envs, *shape),
+                )
+            )
+        np.testing.assert_array_equal(dedup.keeping.observations(dedup.current), next_obs)
         a, b = dedup.sample(16), naive.sample(16)  # same seed: same indices
         np.testing.assert_array_equal(a.indices, b.indices)
-        np.testing.assert_array_equal(a.obs, b.obs)
+        np.testing.assert_array_equal(a.obs, b.obs.reshape(16, stack, 3, 2))
         live = a.terminated == 0  # a game-over transition's next observation is never stored or used
-        np.testing.assert_array_equal(a.next_obs[live], b.next_obs[live])
+        np.testing.assert_array_equal(a.next_obs[live], b.next_obs.reshape(16, stack, 3, 2)[live])
         np.testing.assert_array_equal(a.actions, b.actions)
         np.testing.assert_array_equal(a.rewards, b.rewards)
-    assert dedup.frames.count > 2 * dedup.frames.capacity  # the frame ring wrapped several times
+    assert dedup.keeping.count > 2 * dedup.keeping.capacity  # the frame ring wrapped several times
 
 
 def test_frame_store_refuses_to_rebuild_overwritten_frames():
@@ -214,53 +225,60 @@ def test_frame_store_refuses_to_rebuild_overwritten_frames():
     for value in range(1, 5):
         refs = store.extend(refs, np.array([[[0], [value]]], dtype=np.uint8))
     with pytest.raises(RuntimeError, match="overwritten"):
-        store.stacks(first)
+        store.observations(first)
     with pytest.raises(ValueError, match="zeros"):
         store.start(np.array([[[1], [2]]], dtype=np.uint8))
 
 
 def test_frame_replay_stores_at_most_7_2_kb_per_transition():
-    hp = atari_hp(buffer_size=1_000_000)
-    assert replay_bytes(hp, (4, 84, 84), np.dtype(np.uint8)) <= 7.2e9
-    small = atari_hp(buffer_size=100_000)
-    buffer = make_replay(small, (4, 84, 84), np.dtype(np.uint8), np.random.default_rng(0))
-    allocated = buffer.allocated_bytes()
-    assert allocated == replay_bytes(small, (4, 84, 84), np.dtype(np.uint8))
-    assert allocated / 100_000 <= 7_200
+    for buffer_size in (100_000, 1_000_000):  # arrays are mapped lazily: building them touches nothing
+        replay = Replay(
+            atari_hp(buffer_size=buffer_size), (4, 84, 84), np.dtype(np.uint8), np.random.default_rng(0)
+        )
+        # per transition: a 7,056-byte frame + its 8-byte link, two 8-byte frame references, action,
+        # reward, terminal and horizon (8 + 4 + 4 + 4), plus 1% spare frames for time-limit cuts
+        assert replay.allocated_bytes() / buffer_size == pytest.approx(7_171, abs=1)
 
 
+@pytest.mark.slow
 def test_training_frame_references_rebuild_the_env_observations():
-    """The real pipeline: ale-py observations through the training loop's bookkeeping, over a game end."""
-    hp = atari_hp(n_envs=2, buffer_size=3_000)
+    """The real pipeline: ale-py observations through the training loop's rollout, over a game end.
+    Every stored transition's observation is the one the env gave, and its next observation the one the
+    env reached (the final one where a game ended)."""
+    hp = atari_hp(n_envs=2, buffer_size=3_000, clip_reward=False, terminal_on_life_loss=False)
     envs = make_atari_vector_env(AtariSettings.for_env(PONG, hp), 2)
-    buffer = make_replay(hp, (4, 84, 84), np.dtype(np.uint8), np.random.default_rng(0))
+    replay = Replay(hp, (4, 84, 84), np.dtype(np.uint8), np.random.default_rng(0))
+    rollout = Rollout(envs, hp, replay, seed=3)
     try:
-        obs, _ = envs.reset(seed=3)
-        refs = buffer.frames.start(obs)
         rng, games = np.random.default_rng(0), 0
         for _ in range(1_000):
-            next_obs, _, terminated, truncated, infos = envs.step(rng.integers(0, 6, size=2))
-            done = terminated | truncated
-            real_next = final_observations(next_obs, infos, done)
-            stored_next, refs = buffer.frames.follow(refs, real_next, next_obs, terminated, done)
-            np.testing.assert_array_equal(buffer.frames.stacks(refs), next_obs)
-            live = ~terminated
-            np.testing.assert_array_equal(buffer.frames.stacks(stored_next[live]), real_next[live])
-            games += int(done.sum())
+            obs = rollout.obs.copy()
+            ended = rollout.step(rng.integers(0, 6, size=2))
+            np.testing.assert_array_equal(replay.keeping.observations(replay.current), rollout.obs)
+            added = (replay.storage.position - 2 + np.arange(2)) % replay.storage.capacity
+            np.testing.assert_array_equal(replay.keeping.observations(replay.storage.obs[added]), obs)
+            live = replay.storage.terminated[added] == 0  # games that go on (Pong never hits its time limit)
+            reached = replay.keeping.observations(replay.storage.next_obs[added[live]])
+            np.testing.assert_array_equal(reached, rollout.obs[live])
+            assert not rollout.obs[~live, :3].any()  # where a game ended, a new one began
+            games += len(ended.returns)
+            assert len(ended.returns) == (~live).sum()
         assert games >= 1
     finally:
-        envs.close()
+        rollout.close()
 
 
 # ----------------------------------------------------------------------------------------- the CLI
 
 
+@pytest.mark.slow
 def test_replay_larger_than_memory_fails_up_front(tmp_path: Path):
     result = dqn("train", PONG, "--set", "buffer_size=1_000_000_000", cwd=tmp_path)
     assert_one_line_error(result, "replay buffer", "GB", "buffer_size")
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_atari_train_eval_record_resume_end_to_end(tmp_path: Path):
     sets = ["learning_starts=200", "buffer_size=2_000", "eval_freq=0", "checkpoint_freq=300"]
     args = [f"--set={item}" for item in sets]
@@ -291,6 +309,7 @@ def test_atari_train_eval_record_resume_end_to_end(tmp_path: Path):
     assert_one_line_error(rendered, "record")
 
 
+@pytest.mark.slow
 def test_same_seed_same_atari_run(tmp_path: Path):
     """Two envs, frame replay, n-step, bfloat16 or not: on CPU the seed fixes every weight."""
     from dqn_cli.runfiles import load_model

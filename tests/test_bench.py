@@ -3,9 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 TINY = ["n_timesteps=600", "learning_starts=100", "eval_freq=300", "eval_episodes=2", "net_arch=[16]"]
 
 
+@pytest.mark.slow
 def test_bench_trains_every_seed_of_every_env_and_writes_table_json_and_curves(tmp_path: Path):
     sets = [arg for item in TINY for arg in ("--set", item)]
     result = subprocess.run(

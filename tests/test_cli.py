@@ -8,6 +8,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import pytest
+from helpers import assert_one_line_error, dqn
 from PIL import Image, ImageSequence
 
 TINY_SETS = [
@@ -22,27 +23,7 @@ TINY_SETS = [
 ]
 
 
-def dqn(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "dqn_cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
-
-
+@pytest.mark.slow
 def test_train_eval_record_end_to_end(tmp_path: Path):
     trained = dqn(
         "train", "CartPole-v1", "--steps", "600", "--seed", "2", "--quiet", *TINY_SETS, cwd=tmp_path
@@ -83,6 +64,7 @@ def test_train_eval_record_end_to_end(tmp_path: Path):
     assert not list((run / "videos").glob(".*"))  # no temporary files left
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
@@ -115,6 +97,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, args, f
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_render_without_display_fails_cleanly(tiny_run: Path, tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     assert_one_line_error(dqn("eval", str(tiny_run), "--render", cwd=tmp_path, env=env), "display")
@@ -169,6 +152,7 @@ def run_copy(tiny_run: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_run, tmp_path / "work" / "run"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("damage", "args", "fragments"),
     [
@@ -214,6 +198,7 @@ def test_eval_on_another_env_with_the_same_spaces_is_allowed(run_copy: Path):
     assert json.loads(result.stdout)["env_id"] == "CartPole-v0"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("damage", "fragments"),
     [
@@ -234,11 +219,13 @@ def test_resume_refuses_missing_or_damaged_checkpoints(run_copy: Path, damage, f
     assert sorted(p.name for p in run_copy.iterdir()) == before
 
 
+@pytest.mark.slow
 def test_resume_of_something_that_is_not_a_run(tmp_path: Path):
     assert_one_line_error(dqn("train", "--resume", "nowhere", cwd=tmp_path), "not a run folder")
     assert_one_line_error(dqn("train", "--resume", cwd=tmp_path), "no run with a checkpoint")
 
 
+@pytest.mark.slow
 def test_unwritable_run_directory_is_refused(tmp_path: Path):
     (tmp_path / "file").write_text("not a folder")
     result = dqn("train", "CartPole-v1", "--run-dir", "file/run", cwd=tmp_path)

@@ -2,16 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from dqn_cli.config import (
-    Hyperparameters,
-    apply_overrides,
-    available_presets,
-    load_preset,
-    parse_set_option,
-    preset_name_for,
-    resolve,
-)
 from dqn_cli.errors import UserError
+from dqn_cli.hyperparameters import Hyperparameters, apply_overrides, parse_set_option
+from dqn_cli.presets import available_presets, load_preset, preset_name_for, resolve
 
 
 def test_every_shipped_preset_is_valid():

@@ -3,11 +3,14 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.torch import load_file
 
-from dqn_cli.config import resolve
 from dqn_cli.evaluation import evaluate, load_trained, make_policy
+from dqn_cli.presets import resolve
 from dqn_cli.training import train
+
+pytestmark = pytest.mark.slow  # real training to a score: minutes on a CPU
 
 RANDOM_POLICY_RETURN = 22.0  # CartPole-v1's mean return under uniformly random actions is about 22
 

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_one_line_error, dqn
 from PIL import Image
-from test_cli import assert_one_line_error, dqn
 
 from dqn_cli.errors import UserError
 from dqn_cli.plotting import eval_points, group_runs, load_run, plot_runs, rolling_mean, seed_band
@@ -74,10 +74,26 @@ def test_one_run_plots_beside_itself_and_several_in_their_common_folder(tiny_run
         assert image.size == (800, 420)
 
 
+def test_a_glob_or_a_folder_of_runs_plots_every_run_in_it(tiny_run: Path, tmp_path: Path):
+    game = tmp_path / "runs" / "CartPole-v1"
+    shutil.copytree(tiny_run, game / "a")
+    fake_run(game / "b", 2, [20.0, 30.0], {200: 25.0}, lr=5e-4)
+    assert plot_runs([game]) == game / "curves.png"
+    # `runs/CartPole-v1/*` now also names that curves.png: it is passed over, not refused
+    assert plot_runs(sorted(game.iterdir())) == game / "curves.png"
+    bench = tmp_path / "runs" / "bench" / "demo"
+    shutil.copytree(tiny_run, bench / "CartPole-v1-s1")
+    (bench / "results.md").write_text("| table |")
+    assert plot_runs([bench, bench / "results.md"]) == bench / "CartPole-v1-s1" / "curves.png"
+
+
 def test_plot_refuses_a_folder_that_is_not_a_run(tmp_path: Path):
     with pytest.raises(UserError, match="not a run folder"):
         plot_runs([tmp_path])
-    assert_one_line_error(dqn("plot", "nowhere", cwd=tmp_path), "nowhere is not a run folder")
+    assert_one_line_error(dqn("plot", "nowhere", cwd=tmp_path), "no such run folder: nowhere")
+    (tmp_path / "notes.txt").write_text("")
+    assert_one_line_error(dqn("plot", "notes.txt", cwd=tmp_path), "none of the paths")
+    (tmp_path / "notes.txt").unlink()
     assert_one_line_error(dqn("plot", ".", "--out", "x.jpg", cwd=tmp_path), ".png")
     assert list(tmp_path.iterdir()) == []
 

@@ -10,9 +10,9 @@ import tomli_w
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dqn_cli.config import Hyperparameters, apply_overrides, parse_set_option
 from dqn_cli.errors import UserError
-from dqn_cli.replay import ReplayBuffer
+from dqn_cli.hyperparameters import Hyperparameters, apply_overrides, parse_set_option
+from dqn_cli.replay import TransitionStorage
 
 NAMES = Hyperparameters.names()
 values = st.one_of(
@@ -69,37 +69,37 @@ def test_accepted_values_survive_the_config_file_round_trip(key, value):
 @settings(max_examples=60, deadline=None)
 @given(capacity=st.integers(1, 12), batches=st.lists(st.integers(1, 15), min_size=1, max_size=12))
 def test_replay_keeps_exactly_the_newest_transitions_in_ring_order(capacity, batches):
-    buffer = ReplayBuffer(capacity, (2,), np.float32, np.random.default_rng(0))
+    storage = TransitionStorage(capacity, (2,), np.dtype(np.float32))
     next_id = 0
     for size in batches:
         ids = np.arange(next_id, next_id + size)
-        buffer.add(np.stack([ids, ids], 1), ids, ids, np.stack([ids, ids], 1) + 0.5, ids % 2)
+        storage.add(np.stack([ids, ids], 1), ids, ids, np.stack([ids, ids], 1) + 0.5, ids % 2, 1)
         next_id += size
     total = next_id
-    assert len(buffer) == min(total, capacity)
-    assert buffer.position == total % capacity
+    assert storage.size == min(total, capacity)
+    assert storage.position == total % capacity
     newest = set(range(max(0, total - capacity), total))
-    stored = buffer.stored()
+    stored = storage.state_dict()
     assert set(stored["actions"].tolist()) == newest
     for slot, transition_id in enumerate(stored["actions"]):
         assert transition_id % capacity == slot  # transition t always lives in slot t mod capacity
         assert stored["obs"][slot].tolist() == [transition_id] * 2
         assert stored["next_obs"][slot].tolist() == [transition_id + 0.5] * 2
         assert stored["rewards"][slot] == transition_id and stored["terminated"][slot] == transition_id % 2
-    batch = buffer.sample(32)
-    assert set(batch.actions.tolist()) <= newest
-    assert np.array_equal(batch.obs[:, 0], batch.actions)
 
 
 @settings(max_examples=30, deadline=None)
 @given(capacity=st.integers(1, 10), total=st.integers(1, 30))
 def test_replay_restore_reproduces_the_buffer(capacity, total):
-    source = ReplayBuffer(capacity, (3,), np.float32, np.random.default_rng(1))
+    source = TransitionStorage(capacity, (3,), np.dtype(np.float32))
     ids = np.arange(total)
-    source.add(np.repeat(ids[:, None], 3, 1), ids, ids, np.repeat(ids[:, None], 3, 1), ids % 2)
-    copy = ReplayBuffer(capacity, (3,), np.float32, np.random.default_rng(1))
-    copy.restore({k: v.copy() for k, v in source.stored().items()}, source.position, source.size)
+    source.add(np.repeat(ids[:, None], 3, 1), ids, ids, np.repeat(ids[:, None], 3, 1), ids % 2, 1)
+    copy = TransitionStorage(capacity, (3,), np.dtype(np.float32))
+    copy.load_state_dict(
+        {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in source.state_dict().items()}
+    )
     assert (copy.position, copy.size) == (source.position, source.size)
-    for name, array in source.stored().items():
-        assert np.array_equal(copy.stored()[name], array)
-    assert np.array_equal(copy.sample(16).actions, source.sample(16).actions)
+    for name, value in source.state_dict().items():
+        assert np.array_equal(copy.state_dict()[name], value)
+    for name in ("obs", "next_obs", "actions", "rewards", "terminated", "horizons"):
+        assert np.array_equal(getattr(copy, name), getattr(source, name))  # the unfilled rest too

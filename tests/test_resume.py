@@ -14,8 +14,8 @@ import torch
 from safetensors.numpy import load_file
 
 from dqn_cli.checkpoint import CHECKPOINT_FILE, load_checkpoint, read_checkpoint_step
-from dqn_cli.config import resolve
 from dqn_cli.errors import UserError
+from dqn_cli.presets import resolve
 from dqn_cli.runfiles import read_status
 from dqn_cli.training import TrainingDiverged, resume, train
 
@@ -63,6 +63,7 @@ def _weights(run: Path) -> dict[str, np.ndarray]:
     return load_file(run / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_kill_9_after_checkpoint_then_resume_is_bit_identical_to_uninterrupted(tmp_path: Path):
     straight = _cli(
         "train", "CartPole-v1", "--seed", "4", "--quiet", "--run-dir", "straight", *_set_args(), cwd=tmp_path
@@ -83,7 +84,7 @@ def test_kill_9_after_checkpoint_then_resume_is_bit_identical_to_uninterrupted(t
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
     assert a.keys() == b.keys()
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert read_status(tmp_path / "killed")["state"] == "finished"
+    assert read_status(tmp_path / "killed").state == "finished"
     # the resumed metrics continue the first session's rows instead of duplicating them
     steps = [
         int(line.split(",")[0]) for line in (tmp_path / "killed" / "metrics.csv").read_text().splitlines()[1:]
@@ -93,6 +94,7 @@ def test_kill_9_after_checkpoint_then_resume_is_bit_identical_to_uninterrupted(t
     assert len(steps) == len(straight_rows) - 1
 
 
+@pytest.mark.slow
 def test_sigint_checkpoints_prints_resume_command_and_exits_130(tmp_path: Path):
     process = _cli("train", "CartPole-v1", "--run-dir", "run", "--quiet", *_set_args(), cwd=tmp_path)
     _wait_for_checkpoint(tmp_path / "run", STEPS // 2, process)
@@ -103,7 +105,7 @@ def test_sigint_checkpoints_prints_resume_command_and_exits_130(tmp_path: Path):
     assert "dqn train --resume run" in stderr
     step = read_checkpoint_step(tmp_path / "run")
     assert STEPS // 2 <= step < STEPS
-    assert read_status(tmp_path / "run")["state"] == "interrupted"
+    assert read_status(tmp_path / "run").state == "interrupted"
     resumed = _cli("train", "--resume", "--quiet", cwd=tmp_path)  # newest run with a checkpoint
     # (it lives in ./run, not under ./runs, so name it)
     assert resumed.wait() != 0
@@ -112,6 +114,7 @@ def test_sigint_checkpoints_prints_resume_command_and_exits_130(tmp_path: Path):
     assert read_checkpoint_step(tmp_path / "run") == STEPS
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_exits_at_once_leaving_a_good_checkpoint(tmp_path: Path):
     process = _cli("train", "CartPole-v1", "--run-dir", "run", "--quiet", *_set_args(), cwd=tmp_path)
     _wait_for_checkpoint(tmp_path / "run", STEPS // 2, process)
@@ -119,10 +122,11 @@ def test_second_ctrl_c_exits_at_once_leaving_a_good_checkpoint(tmp_path: Path):
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=60)
     assert process.returncode == 130
-    arrays, state = load_checkpoint(tmp_path / "run")  # whole and loadable, whichever one it is
-    assert state["loop"]["step"] >= STEPS // 2 and "online/hidden.0.weight" in arrays
+    state = load_checkpoint(tmp_path / "run").state  # whole and loadable, whichever one it is
+    assert state["loop/step"] >= STEPS // 2 and "agent/online/hidden.0.weight" in state
 
 
+@pytest.mark.slow
 def test_sigterm_exits_143_with_a_checkpoint(tmp_path: Path):
     process = _cli("train", "CartPole-v1", "--run-dir", "run", "--quiet", *_set_args(), cwd=tmp_path)
     _wait_for_checkpoint(tmp_path / "run", STEPS // 2, process)
@@ -132,17 +136,24 @@ def test_sigterm_exits_143_with_a_checkpoint(tmp_path: Path):
     assert read_checkpoint_step(tmp_path / "run") >= STEPS // 2
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_everything_training_needs(tmp_path: Path):
     _, hp = resolve("CartPole-v1", sets=[*SETS[1:], "n_timesteps=1000", "checkpoint_freq=500"])
     train("CartPole-v1", hp, seed=1, run_dir=tmp_path / "run", device="cpu", quiet=True)
-    arrays, state = load_checkpoint(tmp_path / "run")
-    assert {k.split("/")[0] for k in arrays} == {"online", "target", "optimizer", "replay", "loop", "rng"}
-    assert arrays["replay/obs"].shape == (1000, 4) and state["replay"] == {"position": 1000, "size": 1000}
-    assert state["loop"]["step"] == 1000
-    assert {"numpy", "python"} <= state["rng"].keys() and state["envs"] is not None
+    state = load_checkpoint(tmp_path / "run").state
+    assert {k.split("/")[0] for k in state} == {"agent", "replay", "rollout", "random", "loop"}
+    for part in ("online", "target", "optimizer"):  # both networks and Adam's moments, tensor by tensor
+        assert any(k.startswith(f"agent/{part}/") and isinstance(v, np.ndarray) for k, v in state.items())
+    assert state["replay/storage/obs"].shape == (1000, 4)
+    assert (state["replay/storage/position"], state["replay/storage/size"]) == (1000 % 5000, 1000)
+    assert state["loop/step"] == 1000 and state["loop/updates"] == (1000 - 500) // 4
+    assert {"random/numpy", "random/python", "random/torch"} <= state.keys()
+    assert state["rollout/envs"] is not None and state["rollout/obs"].shape == (2, 4)
+    assert not list((tmp_path / "run").glob(".*.tmp"))
     assert not list((tmp_path / "run").glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_resume_can_extend_a_finished_run(tmp_path: Path):
     _, hp = resolve("CartPole-v1", sets=[*SETS[1:], "n_timesteps=1000"])
     train("CartPole-v1", hp, seed=1, run_dir=tmp_path / "run", device="cpu", quiet=True)
@@ -170,10 +181,10 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_files(tmp_path: Path, m
     with pytest.raises(TrainingDiverged, match="diverged"):
         train("CartPole-v1", hp, seed=1, run_dir=tmp_path / "run", device="cpu", quiet=True)
     assert read_checkpoint_step(tmp_path / "run") == 1000
-    assert read_status(tmp_path / "run")["state"] == "diverged"
+    assert read_status(tmp_path / "run").state == "diverged"
     assert not (tmp_path / "run" / "model.safetensors").exists()
-    arrays, _ = load_checkpoint(tmp_path / "run")
-    assert all(np.isfinite(v).all() for k, v in arrays.items() if k.startswith("online/"))
+    state = load_checkpoint(tmp_path / "run").state
+    assert all(np.isfinite(v).all() for k, v in state.items() if k.startswith("agent/online/"))
 
 
 def test_nan_weights_are_never_saved(tmp_path: Path, monkeypatch):
@@ -194,6 +205,7 @@ def test_nan_weights_are_never_saved(tmp_path: Path, monkeypatch):
     assert not (tmp_path / "run" / CHECKPOINT_FILE).exists()
 
 
+@pytest.mark.slow
 def test_diverged_cli_run_prints_one_line_and_exits_1(tmp_path: Path):
     result = subprocess.run(
         [

@@ -1,4 +1,5 @@
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -8,7 +9,18 @@ import torch
 
 from dqn_cli.errors import UserError
 from dqn_cli.evaluation import load_trained
-from dqn_cli.runfiles import create_run_dir, newest_run, read_config, resolve_model_path
+from dqn_cli.runfiles import (
+    RunState,
+    RunStatus,
+    create_run_dir,
+    is_run_dir,
+    iter_runs,
+    newest_run,
+    read_config,
+    read_status,
+    resolve_model_path,
+    write_status,
+)
 
 
 def test_run_folder_holds_config_metrics_events_and_models(tiny_run: Path):
@@ -75,18 +87,94 @@ def test_run_folder_defaults_to_best_model_and_final_on_request(tiny_run: Path):
     assert resolve_model_path(tiny_run, final=True).name == "model.safetensors"
 
 
-def test_newest_run_is_the_latest_started(tmp_path: Path):
-    import os
-
-    for i, name in enumerate(["a", "b"]):
-        run = tmp_path / "CartPole-v1" / name
-        run.mkdir(parents=True)
-        (run / "config.toml").write_text("")
+def make_run(run: Path, started: int, model: bool = True) -> Path:
+    run.mkdir(parents=True)
+    (run / "config.toml").write_text("")
+    if model:
         (run / "model.safetensors").write_bytes(b"")
-        os.utime(run / "config.toml", (1000 + i, 1000 + i))
+    os.utime(run / "config.toml", (started, started))
+    return run
+
+
+def test_newest_run_is_the_latest_started(tmp_path: Path):
+    make_run(tmp_path / "CartPole-v1" / "a", 1000)
+    make_run(tmp_path / "CartPole-v1" / "b", 1001)
     assert newest_run(tmp_path).name == "b"
     with pytest.raises(UserError, match="no run with a model"):
         newest_run(tmp_path / "empty")
+
+
+def test_newest_run_finds_a_bench_run_nested_a_level_deeper(tmp_path: Path):
+    make_run(tmp_path / "CartPole-v1" / "20261125-050000-s0", 1000)
+    bench = make_run(tmp_path / "bench" / "20261125-060000" / "CartPole-v1-s1", 2000)
+    make_run(tmp_path / "CartPole-v1" / "20261125-070000-s0", 3000, model=False)  # newer, but no model
+    assert newest_run(tmp_path) == bench
+
+
+def test_iter_runs_finds_runs_at_any_depth_but_not_inside_a_run(tmp_path: Path):
+    plain = make_run(tmp_path / "CartPole-v1" / "20261125-050000-s0", 1)
+    (plain / "videos" / "old").mkdir(parents=True)
+    (plain / "videos" / "old" / "config.toml").write_text("")  # part of the run, not a run of its own
+    bench = tmp_path / "bench" / "20261125-060000"
+    seeds = [make_run(bench / f"CartPole-v1-s{seed}", 1) for seed in (1, 2)]
+    (bench / "results.md").write_text("")
+    deep = make_run(tmp_path / "a" / "b" / "c" / "run", 1)
+    (tmp_path / "tune").mkdir()
+    (tmp_path / "tune" / "study.db").write_bytes(b"")
+    (tmp_path / "odd" / "config.toml").mkdir(parents=True)  # a folder named config.toml is no run
+    assert list(iter_runs(tmp_path)) == [plain, deep, *seeds]  # in path order: "C" < "a" < "b"
+    assert is_run_dir(plain) and not is_run_dir(bench) and not is_run_dir(tmp_path / "odd")
+    assert list(iter_runs(tmp_path / "missing")) == []
+
+
+def test_status_round_trips_with_the_writers_pid_and_time(tmp_path: Path):
+    written = RunStatus(RunState.PRUNED, step=300, planned_steps=900, updates=200, wall_time=4.5)
+    written.best_eval = 9.0
+    write_status(tmp_path, written)
+    raw = json.loads((tmp_path / "status.json").read_text())
+    assert raw["state"] == "pruned" and raw["updates"] == 200 and raw["pid"] == os.getpid()
+    status = read_status(tmp_path)
+    assert status is not None and isinstance(status.updated, str)
+    assert status == RunStatus(
+        RunState.PRUNED, 300, 900, 200, 4.5, 9.0, None, pid=os.getpid(), updated=status.updated
+    )
+    assert written.pid is None  # the caller's record is not changed
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"{not json", b'["finished", 1]', b"42", b'{"state": "\xff"}', b"\xff\xfe\x00garbage"],
+    ids=["empty", "not-json", "list", "number", "non-utf8", "utf16-bom"],
+)
+def test_unreadable_status_reads_as_none(tmp_path: Path, content: bytes):
+    (tmp_path / "status.json").write_bytes(content)
+    assert read_status(tmp_path) is None
+    assert read_status(tmp_path / "missing") is None
+
+
+def test_status_fields_of_the_wrong_type_read_as_defaults(tmp_path: Path):
+    garbage = {
+        "state": "exploded",
+        "step": "300",
+        "planned_steps": True,
+        "updates": 1.5,
+        "wall_time": None,
+        "best_eval": "high",
+        "last_eval": 7,
+        "pid": [1],
+        "updated": 5,
+        "extra": {"ignored": True},
+    }
+    (tmp_path / "status.json").write_text(json.dumps(garbage))
+    assert read_status(tmp_path) == RunStatus(RunState.INTERRUPTED, 0, 0, 0, 0.0, None, 7.0, None, None)
+    (tmp_path / "status.json").write_text(json.dumps({"state": ["running"]}))
+    assert read_status(tmp_path) == RunStatus(RunState.INTERRUPTED, 0, 0)
+
+
+def test_a_config_that_is_not_utf8_is_a_user_error(tmp_path: Path):
+    (tmp_path / "config.toml").write_bytes(b'env_id = "\xff"\n')
+    with pytest.raises(UserError, match="cannot read"):
+        read_config(tmp_path)
 
 
 def test_existing_non_empty_run_dir_is_refused(tmp_path: Path):

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from dqn_cli.config import resolve
 from dqn_cli.errors import UserError
+from dqn_cli.presets import resolve
 from dqn_cli.runfiles import read_config
 from dqn_cli.training import train
 
@@ -30,6 +30,7 @@ def test_stop_threshold_rejects_non_numbers(value):
         resolve("CartPole-v1", sets=[f"stop_at_eval_return={value}"])
 
 
+@pytest.mark.slow
 def test_evaluation_hook_sees_every_evaluation_and_status_records_the_end(tmp_path: Path):
     from dqn_cli.runfiles import read_status
 
@@ -47,8 +48,10 @@ def test_evaluation_hook_sees_every_evaluation_and_status_records_the_end(tmp_pa
     assert [step for step, _ in seen] == [300, 600, 900, 1200]
     assert seen[-1][1] == result.last_eval
     status = read_status(tmp_path / "run")
-    assert status["state"] == "finished" and status["step"] == 1200 and status["planned_steps"] == 1200
-    assert status["best_eval"] == result.best_eval
+    assert status.state == "finished" and status.step == 1200 and status.planned_steps == 1200
+    assert status.best_eval == result.best_eval
+    # the CartPole preset trains 64 steps every 256 env steps: at 256, 512, 768 and 1024
+    assert status.updates == result.updates == 4 * 64
 
 
 def test_an_exception_from_the_hook_stops_training_and_marks_the_run_interrupted(tmp_path: Path):
@@ -65,5 +68,22 @@ def test_an_exception_from_the_hook_stops_training_and_marks_the_run_interrupted
         train(
             "CartPole-v1", hp, seed=0, run_dir=tmp_path / "run", device="cpu", quiet=True, on_evaluation=prune
         )
-    assert read_status(tmp_path / "run")["state"] == "interrupted"
-    assert read_status(tmp_path / "run")["step"] == 300
+    assert read_status(tmp_path / "run").state == "interrupted"
+    assert read_status(tmp_path / "run").step == 300
+
+
+def test_a_hook_that_stops_training_has_its_reason_recorded_as_the_run_state(tmp_path: Path):
+    from dqn_cli.runfiles import RunState, read_status
+    from dqn_cli.training import StopTraining
+
+    def prune(step: int, mean: float) -> None:
+        if step == 600:
+            raise StopTraining(RunState.PRUNED, "pruned")
+
+    _, hp = resolve("CartPole-v1", sets=[*TINY, "stop_at_eval_return=inf"])
+    with pytest.raises(StopTraining):
+        train(
+            "CartPole-v1", hp, seed=0, run_dir=tmp_path / "run", device="cpu", quiet=True, on_evaluation=prune
+        )
+    status = read_status(tmp_path / "run")
+    assert status.state == RunState.PRUNED and status.step == 600

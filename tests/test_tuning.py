@@ -10,9 +10,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from dqn_cli.config import apply_overrides, resolve
 from dqn_cli.errors import UserError
-from dqn_cli.runfiles import read_status
+from dqn_cli.hyperparameters import apply_overrides
+from dqn_cli.presets import resolve
+from dqn_cli.runfiles import RunState, read_status
 from dqn_cli.search_space import parse_space, shipped_spaces, space_for
 from dqn_cli.tuning import TuneJob, _claim_trial, prepare, tune
 
@@ -79,6 +80,7 @@ def test_bad_search_spaces_are_refused_with_one_line(text: str, message: str):
         parse_space(text, "space.toml")
 
 
+@pytest.mark.slow
 def test_two_worker_processes_share_one_sqlite_study_and_record_each_trial_once(tmp_path: Path):
     space = space_file(tmp_path, "n_timesteps = 1800\nstop_at_eval_return = inf", "n_startup_trials = 6")
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
@@ -92,8 +94,8 @@ def test_two_worker_processes_share_one_sqlite_study_and_record_each_trial_once(
     assert sorted(trial.number for trial in trials) == list(range(6))  # each once, none lost
     assert {trial.state for trial in trials} == {TrialState.COMPLETE}
     statuses = [read_status(tmp_path / trial.user_attrs["run_dir"]) for trial in trials]
-    assert all(status["state"] == "finished" and status["step"] == 1800 for status in statuses)
-    assert len({status["pid"] for status in statuses}) == 2, statuses  # both workers trained trials
+    assert all(status.state is RunState.FINISHED and status.step == 1800 for status in statuses)
+    assert len({status.pid for status in statuses}) == 2, statuses  # both workers trained trials
 
     # A worker that stops first reports the best of the trials complete by then; asked again once all
     # are, `dqn tune` starts no trial and reports the best of them all.
@@ -118,7 +120,7 @@ def test_a_trial_whose_evaluations_trail_the_completed_ones_is_pruned(tmp_path: 
     pruned = study.trials[1]
     assert pruned.state == TrialState.PRUNED and list(pruned.intermediate_values) == [300]
     status = read_status(Path(pruned.user_attrs["run_dir"]))
-    assert status["state"] == "pruned" and status["step"] == 300
+    assert status is not None and status.state is RunState.PRUNED and status.step == 300
     assert result.counts == {"COMPLETE": 1, "PRUNED": 1}
 
 
@@ -134,6 +136,7 @@ def test_a_trial_stopped_at_the_threshold_holds_its_return_for_the_rest_of_its_b
     assert result.best.preset_file == tmp_path / "tune" / "h-best.toml"
 
 
+@pytest.mark.slow
 def test_jobs_runs_worker_processes_until_the_study_holds_the_trials_asked_for(tmp_path: Path):
     space = space_file(tmp_path, "n_timesteps = 600\nstop_at_eval_return = inf", "n_startup_trials = 4")
     command = [sys.executable, "-m", "dqn_cli", "tune", "CartPole-v1", "--trials", "4", "--jobs", "2"]
@@ -162,6 +165,7 @@ def claim_until_full(job: TuneJob) -> None:
 SERVER = os.environ.get("DQN_TEST_STORAGE_URL")  # e.g. postgresql+psycopg://user:password@127.0.0.1/db
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "server",
     [

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from dqn_cli.config import resolve
 from dqn_cli.networks import MLPQNetwork
-from dqn_cli.replay import NStepAccumulator, PrioritizedReplayBuffer, SumTree
+from dqn_cli.presets import resolve
+from dqn_cli.replay import NStepAccumulator, PrioritizedSampler, SumTree
 from dqn_cli.training import TrainingInterrupted, resume, train
 
 GAMMA = 0.5
@@ -38,11 +38,11 @@ def _run_episode(rewards, end: str):
     for t, reward in enumerate(rewards):
         last = t == len(rewards) - 1
         ready = acc.add(
-            obs=np.array([[float(t)]]),
+            keys=np.array([[float(t)]]),
             actions=np.array([t]),
             rewards=np.array([reward]),
-            real_next_obs=np.array([[float(t + 1)]]),
-            terminated=np.array([last and end == "terminated"]),
+            next_keys=np.array([[float(t + 1)]]),
+            terminal=np.array([last and end == "terminated"]),
             truncated=np.array([last and end == "truncated"]),
         )
         if ready is not None:
@@ -92,11 +92,11 @@ def test_n_step_keeps_vector_env_episodes_apart():
 
 def test_n_step_td_target_discounts_by_gamma_to_the_horizon():
     from dqn_cli.agent import DQNAgent
-    from dqn_cli.config import Hyperparameters, apply_overrides
+    from dqn_cli.hyperparameters import Hyperparameters, apply_overrides
     from dqn_cli.networks import build_q_network, network_spec
 
     agent = DQNAgent(
-        build_q_network(network_spec((2,), 2, [4])),
+        build_q_network(network_spec((2,), 2, [4], obs_dtype="float32")),
         apply_overrides(Hyperparameters(), {"gamma": GAMMA}),
         torch.device("cpu"),
     )
@@ -121,39 +121,76 @@ def test_sum_tree_totals_and_leaf_lookup():
 
 
 def test_prioritized_sampling_is_proportional_to_priority_and_weights_correct_for_it():
-    rng = np.random.default_rng(0)
-    buffer = PrioritizedReplayBuffer(4, (1,), np.float32, rng, alpha=1.0, eps=0.0)
+    sampler = PrioritizedSampler(4, alpha=1.0, eps=0.0, rng=np.random.default_rng(0))
     ids = np.arange(4)
-    buffer.add(ids[:, None], ids, ids, ids[:, None], np.zeros(4))
-    buffer.update_priorities(ids, np.array([1.0, 2.0, 3.0, 4.0]))
+    sampler.added(ids)
+    sampler.update(ids, np.array([1.0, 2.0, 3.0, 4.0]))
     counts = np.zeros(4)
     for _ in range(500):
-        counts += np.bincount(buffer.sample(32, beta=1.0).indices, minlength=4)
+        counts += np.bincount(sampler.sample(32, size=4, beta=1.0)[0], minlength=4)
     assert counts / counts.sum() == pytest.approx([0.1, 0.2, 0.3, 0.4], abs=0.01)
-    batch = buffer.sample(64, beta=1.0)
+    indices, weights = sampler.sample(64, size=4, beta=1.0)
     # w_i = (N P(i))^-1 / max w: inverse to priority, the rarest-sampled transition (priority 1) gets 1
     expected = {0: 1.0, 1: 0.5, 2: 1 / 3, 3: 0.25}
-    for index, weight in zip(batch.indices, batch.weights, strict=True):
-        assert weight == pytest.approx(expected[int(index)] / max(expected[int(i)] for i in batch.indices))
+    for index, weight in zip(indices, weights, strict=True):
+        assert weight == pytest.approx(expected[int(index)] / max(expected[int(i)] for i in indices))
 
 
 def test_alpha_flattens_priorities_and_new_transitions_get_the_largest():
-    buffer = PrioritizedReplayBuffer(8, (1,), np.float32, np.random.default_rng(0), alpha=0.5, eps=0.0)
-    buffer.add(np.zeros((2, 1)), np.zeros(2), np.zeros(2), np.zeros((2, 1)), np.zeros(2))
-    buffer.update_priorities(np.array([0, 1]), np.array([4.0, -9.0]))  # |TD error| counts
-    assert buffer.tree.get(np.array([0, 1])).tolist() == [2.0, 3.0]
-    buffer.add(np.zeros((1, 1)), np.zeros(1), np.zeros(1), np.zeros((1, 1)), np.zeros(1))
-    assert buffer.tree.get(np.array([2])).tolist() == [3.0]  # max priority 9, to the power 0.5
+    sampler = PrioritizedSampler(8, alpha=0.5, eps=0.0, rng=np.random.default_rng(0))
+    sampler.added(np.array([0, 1]))
+    sampler.update(np.array([0, 1]), np.array([4.0, -9.0]))  # |TD error| counts
+    assert sampler.tree.get(np.array([0, 1])).tolist() == [2.0, 3.0]
+    sampler.added(np.array([2]))
+    assert sampler.tree.get(np.array([2])).tolist() == [3.0]  # max priority 9, to the power 0.5
 
 
-def test_sum_tree_updates_and_samples_in_logarithmic_steps():
+def test_sum_tree_total_and_find_agree_with_a_cumulative_sum_on_a_large_tree():
+    rng = np.random.default_rng(0)
     tree = SumTree(1 << 20)
-    depth = 0
-    node = tree.leaves
-    while node > 1:
-        node //= 2
-        depth += 1
-    assert depth == 20  # both set() and find() walk one node per level: O(log N)
+    assert tree.leaves == 1 << 20
+    priorities = np.zeros(tree.leaves)
+    # the first batch fills every leaf, later ones overwrite some of them; priorities are multiples of 1/64
+    # (a fifth of them zero), so every partial sum is exact in float64 and boundaries can be tested exactly
+    for size in (tree.leaves, 1 << 16, 1000, 1):
+        index = rng.choice(tree.leaves, size=size, replace=False)
+        value = rng.integers(1, 640, size=size) / 64 * (rng.random(size) > 0.2)
+        tree.set(index, value)
+        priorities[index] = value
+    # long runs of empty leaves: one across the root's split, one at the very end
+    for block in (np.arange((1 << 19) - 5000, (1 << 19) + 5000), np.arange(tree.leaves - 3000, tree.leaves)):
+        tree.set(block, np.zeros(len(block)))
+        priorities[block] = 0.0
+    assert np.array_equal(tree.get(np.arange(tree.leaves)), priorities)
+    cumulative = np.cumsum(priorities)
+    assert tree.total == cumulative[-1] == priorities.sum()
+
+    # leaf i owns the masses in (cumulative[i - 1], cumulative[i]]: the first leaf whose cumulative sum
+    # reaches the mass, which is searchsorted's side="left" (a zero-priority leaf owns no mass at all)
+    def expected(mass):
+        return np.searchsorted(cumulative, mass, side="left")
+
+    random_masses = tree.total * (1.0 - rng.random(200_000))  # uniform in (0, total]
+    ends = cumulative[rng.choice(np.flatnonzero(priorities), size=20_000)]  # exact leaf boundaries
+    just_past = np.nextafter(ends[ends < tree.total], np.inf)
+    masses = np.concatenate([random_masses, ends, just_past, [tree.total, np.nextafter(0.0, 1.0)]])
+    found = tree.find(masses)
+    assert np.array_equal(found, expected(masses))
+    assert (priorities[found] > 0).all()
+    first, last = np.flatnonzero(priorities)[[0, -1]]
+    assert found[-2] == last and found[-1] == first
+    # a mass that rounding pushed past the total still lands on the last non-empty leaf, not an empty one
+    assert tree.find(np.array([np.nextafter(tree.total, np.inf)])).tolist() == [last]
+
+
+def test_sum_tree_set_with_no_indices_changes_nothing():
+    tree = SumTree(8)
+    tree.set(np.arange(3), np.array([1.0, 2.0, 3.0]))
+    for empty in (np.array([], dtype=np.int64), np.array([])):
+        tree.set(empty, np.array([]))
+        assert tree.total == 6.0
+        assert tree.get(np.arange(8)).tolist() == [1.0, 2.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+        assert tree.find(np.array([1.0, 1.5, 6.0])).tolist() == [0, 1, 2]
 
 
 VARIANTS = ["dueling=true", "n_step=3", "prioritized_replay=true"]
@@ -173,6 +210,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", [*VARIANTS, ";".join(VARIANTS)])
 def test_each_variant_trains_and_resumes_exactly(tmp_path: Path, variant: str):
     """Interrupt at step 1000 (as Ctrl-C would), resume, and match an uninterrupted run bit for bit:

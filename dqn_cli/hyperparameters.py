@@ -1,8 +1,7 @@
-"""Hyperparameters, their validation, and the TOML presets shipped with the package.
+"""The hyperparameter schema: every name, its type, bounds and default, and how values are validated.
 
-Names follow Stable-Baselines3 / RL Zoo so a Zoo preset can be ported verbatim. A value is resolved in
-layers: built-in defaults, then the env's preset, then ``--config FILE``, then each ``--set key=value``.
-Everything is checked before a run folder is created, so bad input never leaves files behind.
+Names follow Stable-Baselines3 / RL Zoo. This module depends on nothing but ``errors``, so everything
+above it (presets, env construction, the agent) can import it without cycles.
 """
 
 from __future__ import annotations
@@ -13,14 +12,9 @@ import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from dqn_cli.errors import UserError
-
-DEFAULT_PRESET = "default"
-ATARI_PRESET = "atari"
 
 
 def _positive(x: float) -> bool:
@@ -244,59 +238,11 @@ def parse_set_option(item: str) -> tuple[str, Any]:
     return key, value
 
 
-# ---------------------------------------------------------------------------------------------- presets
-
-
-def preset_name_for(env_id: str) -> str:
-    """Presets are files named after the env id ('/' becomes '-'); other Atari ids use ``atari`` and the
-    rest ``default``."""
-    name = env_id.replace("/", "-")
-    if name in available_presets():
-        return name
-    from dqn_cli.atari import is_atari  # imports gymnasium: only when a preset is being resolved
-
-    return ATARI_PRESET if is_atari(env_id) else DEFAULT_PRESET
-
-
-def available_presets() -> list[str]:
-    folder = resources.files("dqn_cli") / "presets"
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
-
-
-def _read_toml(text: str, origin: str) -> dict[str, Any]:
+def saved_hyperparameters(table: Any, origin: str) -> Hyperparameters:
+    """Hyperparameters from a table a run saved (config.toml, model.json); ``origin`` names it in errors."""
+    if not isinstance(table, dict):
+        raise UserError(f"{origin} has no valid hyperparameters table")
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{origin} is not valid TOML: {exc}") from None
-
-
-def load_preset(name: str) -> dict[str, Any]:
-    if name not in available_presets():
-        raise UserError(f"no preset named {name!r}; available: {', '.join(available_presets())}")
-    text = (resources.files("dqn_cli") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
-    return _read_toml(text, f"preset {name}")
-
-
-def load_config_file(path: Path) -> dict[str, Any]:
-    """Read a ``--config`` file: a flat preset, or a run's ``config.toml`` (its [hyperparameters] table)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
-    data = _read_toml(text, f"config file {path}")
-    if isinstance(data.get("hyperparameters"), dict):
-        return data["hyperparameters"]
-    return data
-
-
-def resolve(
-    env_id: str, config_file: Path | None = None, sets: list[str] | None = None
-) -> tuple[str, Hyperparameters]:
-    """The preset's name and the fully validated hyperparameters for a training run."""
-    preset = preset_name_for(env_id)
-    hp = apply_overrides(Hyperparameters(), load_preset(preset))
-    if config_file is not None:
-        hp = apply_overrides(hp, load_config_file(config_file))
-    if sets:
-        hp = apply_overrides(hp, dict(parse_set_option(item) for item in sets))
-    return preset, hp
+        return apply_overrides(Hyperparameters(), table)
+    except UserError as exc:
+        raise UserError(f"{origin}'s saved hyperparameters are not valid: {exc}") from None

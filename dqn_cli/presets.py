@@ -1,0 +1,73 @@
+"""The TOML presets shipped with the package, and how a run's hyperparameters are resolved from them.
+
+A value is resolved in layers: built-in defaults, then the env's preset, then ``--config FILE``, then
+each ``--set key=value``. Everything is checked before a run folder is created, so bad input never leaves
+files behind. Presets know env ids (the Atari fallback), so this sits above the schema, never below it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from dqn_cli.atari import is_atari
+from dqn_cli.errors import UserError
+from dqn_cli.hyperparameters import Hyperparameters, apply_overrides, parse_set_option
+
+DEFAULT_PRESET = "default"
+ATARI_PRESET = "atari"
+
+
+def preset_name_for(env_id: str) -> str:
+    """Presets are files named after the env id ('/' becomes '-'); other Atari ids use ``atari`` and the
+    rest ``default``."""
+    name = env_id.replace("/", "-")
+    if name in available_presets():
+        return name
+    return ATARI_PRESET if is_atari(env_id) else DEFAULT_PRESET
+
+
+def available_presets() -> list[str]:
+    folder = resources.files("dqn_cli") / "presets"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def _read_toml(text: str, origin: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{origin} is not valid TOML: {exc}") from None
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    if name not in available_presets():
+        raise UserError(f"no preset named {name!r}; available: {', '.join(available_presets())}")
+    text = (resources.files("dqn_cli") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
+    return _read_toml(text, f"preset {name}")
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a ``--config`` file: a flat preset, or a run's ``config.toml`` (its [hyperparameters] table)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
+    data = _read_toml(text, f"config file {path}")
+    if isinstance(data.get("hyperparameters"), dict):
+        return data["hyperparameters"]
+    return data
+
+
+def resolve(
+    env_id: str, config_file: Path | None = None, sets: list[str] | None = None
+) -> tuple[str, Hyperparameters]:
+    """The preset's name and the fully validated hyperparameters for a training run."""
+    preset = preset_name_for(env_id)
+    hp = apply_overrides(Hyperparameters(), load_preset(preset))
+    if config_file is not None:
+        hp = apply_overrides(hp, load_config_file(config_file))
+    if sets:
+        hp = apply_overrides(hp, dict(parse_set_option(item) for item in sets))
+    return preset, hp

@@ -1,0 +1,29 @@
+"""Helpers shared by the test modules (no tests here): run the `dqn` command and check its errors.
+
+Imported as ``from helpers import ...``: pytest's default (prepend) import mode puts tests/ on sys.path.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def dqn(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dqn_cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
