@@ -111,12 +111,12 @@ def main() -> None:
         "dqn, precision=auto": {"precision": "auto"},
         "dqn, precision=auto, n_envs=4": {"precision": "auto", "n_envs": 4},
     }
-    speeds = {}
+    speeds, resolved = {}, {}
     sb3 = run_loop(SB3_LOOP.format(here=str(HERE), steps=args.steps))["steps_per_second"]
     print(f"SB3: {sb3:,.0f} steps/s", flush=True)
     for label, overrides in runs.items():
         result = run_loop(DQN_LOOP.format(here=str(HERE), steps=args.steps, overrides=overrides))
-        speeds[label] = result["steps_per_second"]
+        speeds[label], resolved[label] = result["steps_per_second"], result["precision"]
         print(f"{label} ({result['precision']}): {speeds[label]:,.0f} steps/s", flush=True)
     sizes = replay_bytes_per_transition(100_000)
     print(sizes, flush=True)
@@ -124,11 +124,15 @@ def main() -> None:
         "| tool | env steps/s while learning | ratio to SB3 |",
         "| --- | --- | --- |",
         f"| Stable-Baselines3 (1 env, float32) | {sb3:,.0f} | 1.00 |",
-        *(f"| {label} | {speed:,.0f} | {speed / sb3:.2f} |" for label, speed in speeds.items()),
+        *(
+            f"| {label} (ran as {resolved[label]}) | {speed:,.0f} | {speed / sb3:.2f} |"
+            for label, speed in speeds.items()
+        ),
         "",
         f"{args.steps:,} timed steps of PongNoFrameskip-v4 after 1,000 random ones; batch 32, one gradient "
         "step per 4 env steps, target update every 1,000 (atari_config.py). `precision=auto` is bfloat16 "
-        "convolutions where the CPU has AVX-512 BF16, as here; `n_envs=4` keeps one update per 4 env steps.",
+        "convolutions where the CPU computes bfloat16 natively (AVX-512 BF16 or AMX), else float32; "
+        "`n_envs=4` keeps one update per 4 env steps.",
         "",
         "| replay | bytes per transition | 1,000,000 transitions |",
         "| --- | --- | --- |",

@@ -1,5 +1,6 @@
-"""Time of one Atari gradient step (batch 32 of 4x84x84 frames, Nature CNN, Adam, gradient clipping) and
-of one acting forward pass, by convolution precision: where the Atari training time goes.
+"""Time of one Atari gradient step (batch 32 of 4x84x84 frames, Adam, gradient clipping) and of one acting
+forward pass, by encoder (the Nature CNN with its [512] layer, data-efficient Rainbow's with [256]) and
+convolution precision: where the Atari training time goes.
 
     python benchmarks/atari_update_time.py --repeats 5
 """
@@ -31,10 +32,16 @@ def milliseconds(action, count: int) -> float:
     return (time.perf_counter() - start) / count * 1000
 
 
-def measure(precision: str, rng: np.random.Generator) -> tuple[float, float]:
+NET_ARCH = {"nature": [512], "der": [256]}
+
+
+def measure(encoder: str, precision: str, rng: np.random.Generator) -> tuple[float, float]:
     _, hp = resolve("PongNoFrameskip-v4")
+    spec = network_spec(
+        (4, 84, 84), 6, NET_ARCH[encoder], False, precision, obs_dtype="uint8", encoder=encoder
+    )
     agent = DQNAgent(
-        build_q_network(network_spec((4, 84, 84), 6, [512], False, precision, obs_dtype="uint8")),
+        build_q_network(spec),
         hp,
         torch.device("cpu"),
     )
@@ -59,24 +66,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="alternating rounds per precision")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    times: dict[str, list[tuple[float, float]]] = {"float32": [], "bfloat16": []}
-    for _ in range(args.repeats):  # alternate, so drifting machine load hits both alike
-        for precision in times:
-            times[precision].append(measure(precision, rng))
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {
+        (encoder, precision): [] for encoder in NET_ARCH for precision in ("float32", "bfloat16")
+    }
+    for _ in range(args.repeats):  # alternate, so drifting machine load hits all alike
+        for encoder, precision in times:
+            times[encoder, precision].append(measure(encoder, precision, rng))
     lines = [
-        "| convolutions | gradient step, batch 32 (median ms) | acting forward, 1 observation (median ms) |",
-        "| --- | --- | --- |",
+        "| encoder | convolutions | gradient step, batch 32 (median ms) | acting, 1 obs (median ms) |",
+        "| --- | --- | --- | --- |",
     ]
-    for precision, samples in times.items():
+    for (encoder, precision), samples in times.items():
         update = statistics.median(u for u, _ in samples)
         act = statistics.median(a for _, a in samples)
-        lines.append(f"| {precision} | {update:.1f} | {act:.2f} |")
+        lines.append(f"| {encoder} | {precision} | {update:.1f} | {act:.2f} |")
     lines += [
         "",
         f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} alternating rounds "
         f"of {UPDATES} steps and {ACTS} forward passes; the atari preset's Adam and gradient clipping.",
     ]
-    append_results("Atari gradient step and acting cost by precision", lines)
+    append_results("Atari gradient step and acting cost by encoder and precision", lines)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,25 @@ def epsilon_greedy(
     return actions
 
 
+def shift_frames(frames: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Move stack i of ``frames`` (N, C, H, W) by ``offsets[:, i]`` = (rows, columns) whole pixels, edge
+    pixels repeated where the image moves in: DrQ's pad-and-crop, done by indexing, so uint8 frames stay
+    uint8 and nothing is interpolated."""
+    n, _, height, width = frames.shape
+    device = frames.device
+    rows = (torch.arange(height, device=device) + offsets[0, :, None]).clamp_(0, height - 1)  # (N, H)
+    cols = (torch.arange(width, device=device) + offsets[1, :, None]).clamp_(0, width - 1)  # (N, W)
+    picked = frames[torch.arange(n, device=device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return picked.permute(0, 3, 1, 2).contiguous()  # indexing put the channels last
+
+
+def random_shift(frames: torch.Tensor, pad: int) -> torch.Tensor:
+    """Each stack shifted by its own offsets, uniform in [-pad, pad], drawn from torch's CPU generator
+    (seeded and checkpointed with the run), wherever the frames are."""
+    offsets = torch.randint(-pad, pad + 1, (2, len(frames)))
+    return shift_frames(frames, offsets.to(frames.device))
+
+
 class DQNAgent:
     """Online and target Q-networks with the optimizer that trains the online one."""
 
@@ -77,6 +96,11 @@ class DQNAgent:
             self._to_device,
             (batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated, batch.horizons),
         )
+        if self.hp.augment_shift:  # DrQ(eps): both observations of each transition, each its own shift
+            obs, next_obs = (
+                random_shift(obs, self.hp.augment_shift),
+                random_shift(next_obs, self.hp.augment_shift),
+            )
         targets = self.td_targets(rewards, next_obs, terminated, horizons)
         q_taken = self.online(obs).gather(1, actions.unsqueeze(1)).squeeze(1)
         if batch.weights is None:

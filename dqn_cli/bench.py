@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dqn_cli.envs import check_env_id
 from dqn_cli.presets import resolve
-from dqn_cli.runfiles import RUNS_ROOT, env_folder_name, write_atomic
+from dqn_cli.runfiles import RUNS_ROOT, check_seed, env_folder_name, write_atomic
 
 FINAL_EVAL_EPISODES = 20
 FINAL_EVAL_SEED = 0  # the same episodes `dqn eval` plays by default
@@ -104,10 +104,12 @@ def run_bench(
     ``sets`` are ``key=value`` overrides applied to every env's preset."""
     sets = sets or []
     from dqn_cli.plotting import plot_runs
+    from dqn_cli.training import check_trainable
 
-    for env_id in env_ids:  # every id and preset is checked before anything runs or is written
+    check_seed(seeds, "--seeds")  # seeds 1..seeds
+    for env_id in env_ids:  # every env, preset and memory need is checked before anything is written
         check_env_id(env_id)
-        resolve(env_id, sets=sets)
+        check_trainable(env_id, resolve(env_id, sets=sets)[1], device)
     bench_dir = runs_root / "bench" / (name or datetime.now().strftime("%Y%m%d-%H%M%S"))
     bench_dir.mkdir(parents=True, exist_ok=True)
     tasks = [

@@ -4,6 +4,7 @@ commands so `dqn --help` stays fast."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -13,6 +14,9 @@ from typing import Annotated, Any
 import typer
 
 from dqn_cli.errors import UserError
+
+MAX_SEED = 2**32 - 1  # runfiles.SEED_LIMIT - 1, not imported: `dqn --help` loads no library module
+DEBUG_VARIABLE = "DQN_DEBUG"  # set to 1: an unexpected error shows its traceback, for a bug report
 
 app = typer.Typer(
     name="dqn",
@@ -50,8 +54,13 @@ Final = Annotated[
 ]
 
 
+def _say(kind: str, message: str) -> None:
+    """``kind: message`` on stderr, one line even when it quotes a file name holding a line break."""
+    typer.echo(f"{kind}: {message}".replace("\r", "\\r").replace("\n", "\\n"), err=True)
+
+
 def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
+    _say("error", message)
     raise typer.Exit(code)
 
 
@@ -88,7 +97,10 @@ def train(
         ),
     ] = False,
     seed: Annotated[
-        int, typer.Option(help="Seeds every random source; same seed on CPU gives the same run.")
+        int,
+        typer.Option(
+            help="Seeds every random source; same seed on CPU gives the same run.", min=0, max=MAX_SEED
+        ),
     ] = 0,
     steps: Annotated[
         int | None,
@@ -122,17 +134,25 @@ def train(
     Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and exits 130 (143);
     `dqn train --resume` continues from it. A second Ctrl-C exits at once.
     """
+    from contextlib import ExitStack
+
+    from dqn_cli.runfiles import read_config, run_to_resume
+    from dqn_cli.runlock import hold_run_lock
+
+    held = ExitStack()
+    if resume:
+        if config is not None or set_ or run_dir is not None:
+            raise UserError("--resume continues a run with its own config; drop --config/--set/--run-dir")
+        run = run_to_resume(Path(target) if target else None)
+        # Locked before torch is imported or the checkpoint read, so a second writer is refused at once.
+        held.enter_context(hold_run_lock(run))
     from dqn_cli.presets import resolve as resolve_preset
-    from dqn_cli.runfiles import read_config
-    from dqn_cli.training import TrainingDiverged, TrainingInterrupted, run_to_resume, set_training_threads
+    from dqn_cli.training import TrainingDiverged, TrainingInterrupted, set_training_threads
     from dqn_cli.training import resume as resume_training
     from dqn_cli.training import train as run_training
 
     try:
         if resume:
-            if config is not None or set_ or run_dir is not None:
-                raise UserError("--resume continues a run with its own config; drop --config/--set/--run-dir")
-            run = run_to_resume(Path(target) if target else None)
             set_training_threads(str(read_config(run).get("env_id", "")))
             result, exact = resume_training(run, steps=steps, device=device, quiet=quiet)
             if not exact and not quiet:
@@ -159,6 +179,8 @@ def train(
             err=True,
         )
         raise typer.Exit(exc.exit_code) from None
+    finally:
+        held.close()
     if not quiet:
         best = "-" if result.best_eval is None else f"{result.best_eval:.1f}"
         typer.echo(f"Trained {result.steps:,} steps in {result.wall_time:.1f}s; best eval return {best}")
@@ -180,7 +202,7 @@ def eval_(
     epsilon: Annotated[
         float, typer.Option(help="Probability of a random action (0 = greedy).", min=0.0, max=1.0)
     ] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seed of the evaluation episodes.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the evaluation episodes.", min=0, max=MAX_SEED)] = 0,
     json_: Annotated[
         bool,
         typer.Option(
@@ -241,7 +263,7 @@ def record(
         ),
     ] = None,
     epsilon: Annotated[float, typer.Option(help="Probability of a random action.", min=0.0, max=1.0)] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seed of the filmed episodes.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the filmed episodes.", min=0, max=MAX_SEED)] = 0,
     final: Final = False,
     env: EnvOverride = None,
     device: Device = "auto",
@@ -268,7 +290,7 @@ def bench(
     env_ids: Annotated[
         list[str], typer.Argument(metavar="ENV_ID...", help="Games to benchmark, e.g. CartPole-v1.")
     ],
-    seeds: Annotated[int, typer.Option(help="Seeds per env (1..N).", min=1)] = 5,
+    seeds: Annotated[int, typer.Option(help="Seeds per env (1..N).", min=1, max=MAX_SEED)] = 5,
     jobs: Annotated[int, typer.Option(help="Runs trained at once, each in its own process.", min=1)] = 1,
     set_: Annotated[
         list[str] | None,
@@ -356,6 +378,8 @@ def runs(
         RunState.DIVERGED: "red",
     }
     found = list_runs(RUNS_ROOT, env_id=env)
+    for problem in (problem for run in found for problem in run.problems):
+        _say("warning", f"{problem}; the run is listed with what could be read")
     if not found:
         where = f" for {env}" if env else ""
         typer.echo(f"No runs{where} under ./runs yet; start one with `dqn train ENV_ID`.")
@@ -462,14 +486,30 @@ def tune(
 
 
 def main() -> None:
-    """Run the app; usage errors (a bad option value, a missing argument) become one line and exit 2."""
+    """Run the app; usage errors (a bad option value, a missing argument) become one line and exit 2.
+    Any other exception is a bug: one line asking for a report and exit 1, or, with DQN_DEBUG=1 in the
+    environment, the traceback to put in it."""
     from typer.exceptions import Abort, TyperException
 
     try:
         code = app(standalone_mode=False)
     except TyperException as exc:
-        typer.echo(f"error: {exc.format_message()}", err=True)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `dqn`: the help is the answer, not an error
+            if exc.format_message():  # rich, when installed, has printed it already
+                typer.echo(exc.format_message())
+            sys.exit(0)
+        _say("error", exc.format_message())
         sys.exit(2)
-    except Abort:  # Ctrl-C outside training
+    except (Abort, KeyboardInterrupt):  # Ctrl-C outside training
         sys.exit(130)
+    except Exception as exc:
+        if os.environ.get(DEBUG_VARIABLE) == "1":
+            raise
+        detail = (str(exc).splitlines() or [""])[0]
+        _say(
+            "error",
+            f"unexpected {type(exc).__name__}: {detail}; this is a bug in dqn, please report it with the "
+            f"traceback that {DEBUG_VARIABLE}=1 shows",
+        )
+        sys.exit(1)
     sys.exit(code or 0)

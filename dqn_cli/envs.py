@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import importlib
+import importlib.metadata
 import os
+import re
 import sys
-from typing import Any
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import gymnasium as gym
 import numpy as np
@@ -14,19 +19,78 @@ from gymnasium.vector import AutoresetMode
 from dqn_cli.atari import AtariSettings, is_atari, make_atari_vector_env, register_atari_ids
 from dqn_cli.errors import UserError
 
+Made = TypeVar("Made")
+_WARNED: set[str] = set()  # the warnings env creation has shown in this process
+
 
 def _registered_ids() -> list[str]:
     return list(gym.registry.keys())
 
 
+def _importable(spec: gym.envs.registration.EnvSpec) -> bool:
+    """Whether the class behind an id imports here: a cheap stand-in for making it, which fails for ids
+    whose optional dependency (MuJoCo, jax, shimmy) is missing. Ids made by a function are not trusted:
+    gymnasium's are all placeholders that only raise."""
+    if not isinstance(spec.entry_point, str):
+        return False
+    module, _, name = spec.entry_point.partition(":")
+    try:
+        return hasattr(importlib.import_module(module), name)
+    except Exception:  # an env module can fail to import in any way; either way it cannot be made here
+        return False
+
+
 def check_env_id(env_id: str) -> None:
-    """Fail with one line (and close matches) when ``env_id`` is not a registered gymnasium id."""
+    """Fail with one line when ``env_id`` is not a registered gymnasium id, suggesting close matches
+    that can be made here (never one that would only fail on a missing dependency)."""
     register_atari_ids()
     if env_id in gym.registry:
         return
-    close = difflib.get_close_matches(env_id, _registered_ids(), n=3, cutoff=0.6)
+    near = difflib.get_close_matches(env_id, _registered_ids(), n=10, cutoff=0.6)
+    close = [other for other in near if _importable(gym.registry[other])][:3]
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise UserError(f"unknown environment id {env_id!r}{hint}")
+
+
+def _install_hint(module: str) -> str:
+    """How to install ``module``: the gymnasium extra that provides it, when one does."""
+    wanted = re.sub(r"[-_.]+", "-", module).lower()
+    for requirement in importlib.metadata.requires("gymnasium") or []:
+        name = re.match(r"[A-Za-z0-9._-]+", requirement)
+        extra = re.search(r'extra == "([^"]+)"', requirement)
+        if name and extra and re.sub(r"[-_.]+", "-", name.group()).lower() == wanted:
+            return f'pip install "gymnasium[{extra.group(1)}]"'
+    return f"pip install {module}"
+
+
+def _created(env_id: str, make: Callable[[], Made]) -> Made:
+    """``make()``, with the ways an env fails to be created here (a missing optional dependency, an id
+    that needs arguments) turned into one line that says what to install when gymnasium knows. The
+    warnings made on the way ("out of date" ids) are shown only if it succeeds: an error is one line."""
+    try:
+        with warnings.catch_warnings(record=True) as said:
+            made = make()
+        for w in said:
+            if str(w.message) not in _WARNED:  # the same env is often made twice (checked, then played)
+                _WARNED.add(str(w.message))
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        return made
+    except UserError:
+        raise
+    except ModuleNotFoundError as exc:
+        if not exc.name:
+            raise UserError(f"cannot create {env_id}: {_first_line(exc)}") from None
+        module = exc.name.partition(".")[0]
+        raise UserError(
+            f"cannot create {env_id}: it needs the Python module {module!r}, which is not installed; "
+            f"{_install_hint(module)}"
+        ) from None
+    except Exception as exc:  # env constructors raise anything: DependencyNotInstalled, ImportError, ...
+        raise UserError(f"cannot create {env_id}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _check_spaces(env_id: str, action_space: gym.Space, observation_space: gym.Space) -> None:
@@ -50,14 +114,21 @@ def make_vector_env(env_id: str, n_envs: int, hp: Any = None) -> gym.vector.Vect
     """
     check_env_id(env_id)
     if is_atari(env_id):
-        return make_atari_vector_env(AtariSettings.for_env(env_id, hp), n_envs)
-    envs = gym.make_vec(
+        return _created(env_id, lambda: make_atari_vector_env(AtariSettings.for_env(env_id, hp), n_envs))
+    envs = _created(
         env_id,
-        num_envs=n_envs,
-        vectorization_mode="sync",
-        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+        lambda: gym.make_vec(
+            env_id,
+            num_envs=n_envs,
+            vectorization_mode="sync",
+            vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+        ),
     )
-    _check_spaces(env_id, envs.single_action_space, envs.single_observation_space)
+    try:
+        _check_spaces(env_id, envs.single_action_space, envs.single_observation_space)
+    except UserError:
+        envs.close()
+        raise
     return envs
 
 
@@ -82,27 +153,41 @@ def make_single_env(env_id: str, render_mode: str | None = None) -> gym.Env:
     check_env_id(env_id)
     if render_mode == "human" and not display_available():
         raise UserError("--render needs a display, and none is available (DISPLAY is not set)")
+    env = _created(env_id, lambda: gym.make(env_id, render_mode=render_mode))
     try:
-        env = gym.make(env_id, render_mode=render_mode)
-    except gym.error.DependencyNotInstalled as exc:
-        raise UserError(f"cannot create {env_id}: {str(exc).splitlines()[0]}") from None
-    _check_spaces(env_id, env.action_space, env.observation_space)
+        _check_spaces(env_id, env.action_space, env.observation_space)
+    except UserError:
+        env.close()
+        raise
     return env
 
 
-def check_env_fits(env_id: str, meta: dict[str, Any], trained_on: str, hp: Any = None) -> None:
-    """Refuse to play a model on an env whose observations or actions differ from its training env's."""
+def env_spaces(env_id: str, hp: Any = None) -> dict[str, Any]:
+    """``describe_spaces`` of ``env_id``'s env, made once and closed: proof that it can be made here and
+    that DQN can play it, before anything is written."""
     envs = make_vector_env(env_id, 1, hp)
     try:
-        actual = describe_spaces(envs.single_observation_space, envs.single_action_space)
+        return describe_spaces(envs.single_observation_space, envs.single_action_space)
     finally:
         envs.close()
-    want_shape, want_n = meta["observation_space"]["shape"], meta["action_space"]["n"]
+
+
+def check_env_fits(env_id: str, meta: dict[str, Any], trained_on: str, hp: Any = None) -> None:
+    """Refuse to play a model on an env whose observations or actions differ from those it was trained
+    with (``meta``'s network, checked by the caller): another env asked for, or the one an edited
+    model.json names."""
+    actual = env_spaces(env_id, hp)
+    want_shape, want_n = meta["network"]["obs_shape"], meta["network"]["n_actions"]
     have_shape, have_n = actual["observation_space"]["shape"], actual["action_space"]["n"]
     if (want_shape, want_n) != (have_shape, have_n):
+        has = f"{env_id} has observations {have_shape} and {have_n} actions"
+        if env_id != trained_on:
+            raise UserError(
+                f"the model was trained on {trained_on} (observations {want_shape}, {want_n} actions); {has}"
+            )
         raise UserError(
-            f"the model was trained on {trained_on} (observations {want_shape}, {want_n} actions); "
-            f"{env_id} has observations {have_shape} and {have_n} actions"
+            f"the model's network takes observations {want_shape} and {want_n} actions, but {has} "
+            "(the env its description names)"
         )
 
 
@@ -139,11 +224,18 @@ def _encode(value: Any) -> Any:
 
 
 def _decode(value: Any) -> Any:
+    """The inverse of ``_encode``. A checkpoint is read from disk: only numpy's bit generators and
+    numeric arrays are made, whatever names the file holds."""
     if isinstance(value, dict) and "rng" in value:
-        generator = np.random.Generator(getattr(np.random, value["rng"]["bit_generator"])())
+        kind = getattr(np.random, str(value["rng"]["bit_generator"]), None)
+        if not (isinstance(kind, type) and issubclass(kind, np.random.BitGenerator)):
+            raise ValueError(f"{value['rng']['bit_generator']!r} is not a numpy bit generator")
+        generator = np.random.Generator(kind())
         generator.bit_generator.state = value["rng"]
         return generator
     if isinstance(value, dict) and "array" in value:
+        if np.dtype(value["dtype"]).kind not in "biuf":
+            raise ValueError(f"an env array of dtype {value['dtype']!r}")
         array = np.asarray(value["array"], dtype=value["dtype"])
         return array if array.ndim else array[()]
     if isinstance(value, dict) and "tuple" in value:
@@ -173,8 +265,29 @@ def snapshot_envs(envs: gym.vector.VectorEnv) -> list[list[dict[str, Any]]] | No
     return snapshot
 
 
+def _kind(value: Any) -> Any:
+    numeric = value is None or (isinstance(value, int | float | np.number) and not isinstance(value, bool))
+    return "number or None" if numeric else type(value)
+
+
+def _fits(current: Any, restored: Any) -> bool:
+    """Whether a restored field can stand in for the env's own: a value of the same kind, a physics
+    state of numbers as long as the env's (MountainCar swaps an array for a tuple as it steps), or None
+    for a cache not yet set when the snapshot was taken. A damaged snapshot is so refused when it is
+    loaded, not in the middle of the resumed run."""
+    if restored is None:
+        return current is None or not isinstance(current, int | float | np.number | np.ndarray)
+    if isinstance(restored, np.ndarray | tuple):
+        numbers = np.asarray(restored).dtype.kind in "biuf"
+        return numbers and isinstance(current, np.ndarray | tuple) and len(current) == len(restored)
+    return _kind(current) == _kind(restored)
+
+
 def restore_envs(envs: gym.vector.VectorEnv, snapshot: list[list[dict[str, Any]]]) -> None:
     for env, layers in zip(envs.envs, snapshot, strict=True):
         for layer, fields in zip(_layers(env), layers, strict=True):
             for name, value in fields.items():
-                setattr(layer, name, _decode(value))
+                restored = _decode(value)
+                if name not in vars(layer) or not _fits(vars(layer)[name], restored):
+                    raise ValueError(f"its env state has a field {name!r} that this env does not")
+                setattr(layer, name, restored)

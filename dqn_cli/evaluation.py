@@ -19,7 +19,7 @@ from dqn_cli.envs import check_env_fits, make_single_env, make_vector_env
 from dqn_cli.errors import UserError
 from dqn_cli.hyperparameters import Hyperparameters, saved_hyperparameters
 from dqn_cli.networks import build_q_network, resolve_device
-from dqn_cli.runfiles import load_model, resolve_model_path
+from dqn_cli.runfiles import LoadedModel, load_model, resolve_model_path
 
 Policy = Callable[[np.ndarray], np.ndarray]
 EpisodeHook = Callable[[], None]
@@ -36,7 +36,7 @@ class TrainedModel:
 
     @property
     def n_actions(self) -> int:
-        return int(self.meta["action_space"]["n"])
+        return int(self.meta["network"]["n_actions"])  # checked by load_trained
 
     def score(
         self, episodes: int, seed: int, epsilon: float = 0.0, on_episode: EpisodeHook | None = None
@@ -65,25 +65,73 @@ def load_trained(
     """Rebuild a saved Q-network from its JSON description and safetensors weights. ``env_id`` plays it on
     another env, which must have the observation shape and action count it was trained with."""
     loaded = load_model(resolve_model_path(run_or_model, final))
-    if env_id is not None and env_id != loaded.env_id:
-        check_env_fits(
-            env_id,
-            loaded.meta,
-            loaded.env_id,
-            saved_hyperparameters(loaded.meta.get("hyperparameters", {}), f"model {loaded.path}"),
-        )
+    hp = _checked_description(loaded)
+    check_env_fits(env_id or loaded.env_id, loaded.meta, loaded.env_id, hp)
     torch_device = resolve_device(device)
-    try:
-        q_network = build_q_network(loaded.meta["network"])
-        q_network.load_state_dict(loaded.weights)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise UserError(
-            f"{loaded.path} does not match its description in {loaded.path.with_suffix('.json')}: "
-            f"{str(exc).splitlines()[0]}"
-        ) from None
+    q_network = _rebuilt_network(loaded)
     return TrainedModel(
         loaded.path, loaded.meta, q_network.to(torch_device), torch_device, env_id or loaded.env_id
     )
+
+
+def _sizes(value: Any) -> bool:
+    return isinstance(value, list) and len(value) > 0 and all(type(v) is int and v >= 1 for v in value)
+
+
+def _checked_description(loaded: LoadedModel) -> Hyperparameters:
+    """The saved hyperparameters, once every field of model.json that the model is rebuilt and played
+    from has been checked: the file may be edited or come from elsewhere, and a mismatch must be one
+    line here, not a KeyError or a crash in the forward pass."""
+    meta, origin = loaded.meta, loaded.path.with_suffix(".json")
+    network = meta.get("network") if isinstance(meta.get("network"), dict) else {}
+    spaces = {
+        key: meta.get(key) if isinstance(meta.get(key), dict) else {}
+        for key in ("observation_space", "action_space")
+    }
+    env_id = meta.get("env_id")
+    checks = (
+        (isinstance(env_id, str) and env_id != "", 'env_id must name a gymnasium env, e.g. "CartPole-v1"'),
+        (isinstance(meta.get("network"), dict), "network must be a table"),
+        (_sizes(network.get("obs_shape")), "network.obs_shape must be a list of sizes >= 1"),
+        (_sizes([network.get("n_actions")]), "network.n_actions must be an integer >= 1"),
+        (_sizes(network.get("net_arch")), "network.net_arch must be a list of layer sizes >= 1"),
+        (isinstance(network.get("dueling", False), bool), "network.dueling must be true or false"),
+        (  # the spaces as saved say the same as the network, which is what is checked against the env
+            spaces["observation_space"].get("shape", network.get("obs_shape")) == network.get("obs_shape"),
+            "observation_space.shape must equal network.obs_shape",
+        ),
+        (
+            spaces["action_space"].get("n", network.get("n_actions")) == network.get("n_actions"),
+            "action_space.n must equal network.n_actions",
+        ),
+    )
+    for holds, rule in checks:
+        if not holds:
+            raise UserError(f"{origin} is not a valid model description: {rule}")
+    return saved_hyperparameters(meta.get("hyperparameters", {}), f"model {loaded.path}")
+
+
+def _rebuilt_network(loaded: LoadedModel) -> nn.Module:
+    """The Q-network that model.json describes, with the saved weights. It is built on the meta device
+    first, which allocates nothing, so a description whose layers the weights do not fit, however large
+    it says the network is, is refused before any memory is taken."""
+    spec, origin = loaded.meta["network"], loaded.path.with_suffix(".json")
+    try:
+        with torch.device("meta"):
+            described = {key: tuple(value.shape) for key, value in build_q_network(spec).state_dict().items()}
+        if described != {key: tuple(value.shape) for key, value in loaded.weights.items()}:
+            raise ValueError("its tensors are not the layers the description gives")
+        q_network = build_q_network(spec)
+        q_network.load_state_dict(loaded.weights)
+    except KeyError as exc:
+        missing = f"network.{exc.args[0]} is missing"
+        raise UserError(f"{origin} is not a valid model description: {missing}") from None
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise UserError(
+            f"{loaded.path} does not match its description in {origin}: "
+            f"{(str(exc).splitlines() or [type(exc).__name__])[0]}"
+        ) from None
+    return q_network
 
 
 def prepare_play_process(filming: bool = False) -> None:

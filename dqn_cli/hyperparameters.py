@@ -127,6 +127,19 @@ class Hyperparameters:
     terminal_on_life_loss: bool = _hp(
         False, BOOL, "a lost life is a terminal state for learning only; episodes are whole games (Atari)"
     )
+    encoder: str = _hp(
+        "nature",
+        Rule(str, describe="one of nature, der", choices=("nature", "der")),
+        "convolutional encoder of frame stacks (Atari): nature = Mnih et al. 2015's three convolutions; "
+        "der = data-efficient Rainbow's two 5x5 stride-5 convolutions (van Hasselt et al. 2019), about "
+        "a seventh of the cost per frame",
+    )
+    augment_shift: int = _hp(
+        0,
+        NON_NEGATIVE_INT,
+        "shift each replayed frame stack (obs and next obs) by a random whole number of pixels up to this "
+        "many, edges repeated (DrQ, Kostrikov et al. 2020; 4 in DrQ(eps)); 0 = off (Atari)",
+    )
     frame_stack: int = _hp(4, POSITIVE_INT, "frames per observation (Atari)")
     frame_skip: int = _hp(4, POSITIVE_INT, "emulator frames per action, max-pooled over the last two (Atari)")
     noop_max: int = _hp(30, NON_NEGATIVE_INT, "up to this many no-op actions at each reset (Atari)")

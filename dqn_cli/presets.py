@@ -7,7 +7,6 @@ files behind. Presets know env ids (the Atari fallback), so this sits above the 
 
 from __future__ import annotations
 
-import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,13 @@ from typing import Any
 from dqn_cli.atari import is_atari
 from dqn_cli.errors import UserError
 from dqn_cli.hyperparameters import Hyperparameters, apply_overrides, parse_set_option
+from dqn_cli.runfiles import (
+    MAX_SETTINGS_BYTES,
+    RUN_FORMAT,
+    check_format,
+    parse_untrusted_toml,
+    read_untrusted_text,
+)
 
 DEFAULT_PRESET = "default"
 ATARI_PRESET = "atari"
@@ -34,28 +40,23 @@ def available_presets() -> list[str]:
     return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
-def _read_toml(text: str, origin: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{origin} is not valid TOML: {exc}") from None
-
-
 def load_preset(name: str) -> dict[str, Any]:
     if name not in available_presets():
         raise UserError(f"no preset named {name!r}; available: {', '.join(available_presets())}")
     text = (resources.files("dqn_cli") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
-    return _read_toml(text, f"preset {name}")
+    return parse_untrusted_toml(text, f"preset {name}")
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
-    """Read a ``--config`` file: a flat preset, or a run's ``config.toml`` (its [hyperparameters] table)."""
+    """Read a ``--config`` file: a flat preset, or a run's ``config.toml`` (its [hyperparameters] table,
+    if its format is one this version reads)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
-    data = _read_toml(text, f"config file {path}")
+        text = read_untrusted_text(path, "config file", MAX_SETTINGS_BYTES)
+    except FileNotFoundError:
+        raise UserError(f"cannot read config file {path}: it does not exist") from None
+    data = parse_untrusted_toml(text, f"config file {path}")
     if isinstance(data.get("hyperparameters"), dict):
+        check_format(data.get("format"), RUN_FORMAT, f"config file {path}")
         return data["hyperparameters"]
     return data
 

@@ -266,7 +266,7 @@ class TransitionStorage:
     terminal state, so its transition bootstraps from the real next observation. ``obs`` and ``next_obs``
     hold observation keys: the observations, or frame references."""
 
-    _FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated", "horizons")
+    FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated", "horizons")
 
     def __init__(self, capacity: int, key_shape: tuple[int, ...], key_dtype: np.dtype) -> None:
         self.capacity = capacity
@@ -294,18 +294,18 @@ class TransitionStorage:
         return index
 
     def allocated_bytes(self) -> int:
-        return sum(getattr(self, name).nbytes for name in self._FIELDS)
+        return sum(getattr(self, name).nbytes for name in self.FIELDS)
 
     def state_dict(self) -> State:
         """The filled part of each array (views, no copy)."""
-        arrays = {name: getattr(self, name)[: self.size] for name in self._FIELDS}
+        arrays = {name: getattr(self, name)[: self.size] for name in self.FIELDS}
         return {**arrays, "position": self.position, "size": self.size}
 
     def load_state_dict(self, state: State) -> None:
         position, size = int(state["position"]), int(state["size"])
         if not 0 <= position < self.capacity or not 0 <= size <= self.capacity:
             raise ValueError(f"replay position {position} / size {size} do not fit capacity {self.capacity}")
-        for name in self._FIELDS:
+        for name in self.FIELDS:
             target, source = getattr(self, name), state[name]
             if source.shape != (size, *target.shape[1:]) or source.dtype != target.dtype:
                 raise ValueError(

@@ -3,22 +3,22 @@
 A run's own ``status.json`` is the source; a run that says it is running but whose process is gone was
 killed without a chance to say so, and is shown as interrupted. Runs written before ``status.json``
 existed are described from ``config.toml`` and ``metrics.csv``. A run folder with a damaged file is still
-listed, with what can be read, so one bad run never hides the others.
+listed, with what can be read and a warning naming the file, so one bad run never hides the others.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from dqn_cli.errors import UserError
-from dqn_cli.metrics import Curves, read_metrics
+from dqn_cli.metrics import METRICS_FILE, Curves, read_metrics
 from dqn_cli.runfiles import (
     CONFIG_FILE,
     FINAL_MODEL,
     RUNS_ROOT,
+    STATUS_FILE,
     RunState,
     env_folder_name,
     iter_runs,
@@ -41,6 +41,7 @@ class RunSummary:
     best_eval: float | None
     last_eval: float | None
     wall_time: float | None
+    problems: tuple[str, ...] = ()  # the run's files that could not be read, one line each, for warnings
 
 
 def process_alive(pid: object) -> bool:
@@ -51,30 +52,42 @@ def process_alive(pid: object) -> bool:
         return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: no process id is that large
         return False
     except PermissionError:  # it exists but belongs to another user
         return True
     return True
 
 
-def _read_curves(run_dir: Path) -> Curves | None:
-    """``metrics.csv``, or None if it is missing or unreadable (it may hold bytes that are not UTF-8)."""
+def _read_curves(run_dir: Path, problems: list[str]) -> Curves | None:
+    """``metrics.csv``, or None if it is missing or unreadable (noted in ``problems``)."""
+    if not (run_dir / METRICS_FILE).exists():
+        return None
     try:
         return read_metrics(run_dir)
-    except (UserError, UnicodeDecodeError, csv.Error):  # csv.Error: a field over csv's size limit
+    except UserError as exc:
+        problems.append(str(exc))
         return None
 
 
 def summarize_run(run_dir: Path) -> RunSummary:
+    """What can be read of a run; never raises, so one damaged run cannot hide the others. What could
+    not be read is in ``problems``."""
+    problems: list[str] = []
     try:
         config = read_config(run_dir)
-    except UserError:
+    except UserError as exc:
         config = {}
-    env_id = config.get("env_id")
-    env_id = env_id if isinstance(env_id, str) else UNKNOWN_ENV
-    started = (run_dir / CONFIG_FILE).stat().st_mtime
+        problems.append(str(exc))
+    env_id = config.get("env_id", UNKNOWN_ENV)
+    try:
+        started = (run_dir / CONFIG_FILE).stat().st_mtime
+    except OSError as exc:  # removed while being listed
+        started = 0.0
+        problems.append(f"cannot read {run_dir / CONFIG_FILE}: {exc.strerror}")
     status = read_status(run_dir)
+    if status is None and (run_dir / STATUS_FILE).exists():
+        problems.append(f"{run_dir / STATUS_FILE} is unreadable, damaged or of an unknown format")
     if status is not None:
         state = status.state
         if state is RunState.RUNNING and not process_alive(status.pid):
@@ -90,14 +103,16 @@ def summarize_run(run_dir: Path) -> RunSummary:
             status.best_eval,
             status.last_eval,
             status.wall_time,
+            tuple(problems),
         )
-    hyperparameters = config.get("hyperparameters")
-    planned = hyperparameters.get("n_timesteps") if isinstance(hyperparameters, dict) else None
-    planned = planned if isinstance(planned, int) else None
+    saved = config.get("hyperparameters", {})  # checked by read_config: n_timesteps is a whole number
+    planned = int(saved["n_timesteps"]) if "n_timesteps" in saved else None
     state = RunState.FINISHED if (run_dir / f"{FINAL_MODEL}.safetensors").exists() else RunState.INTERRUPTED
-    curves = _read_curves(run_dir)
+    curves = _read_curves(run_dir, problems)
     if curves is None:
-        return RunSummary(run_dir, env_id, started, state, None, planned, None, None, None, None)
+        return RunSummary(
+            run_dir, env_id, started, state, None, planned, None, None, None, None, tuple(problems)
+        )
     return RunSummary(
         run_dir,
         env_id,
@@ -109,6 +124,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
         max(curves.eval_returns, default=None),
         curves.eval_returns[-1] if curves.eval_returns else None,
         curves.last_wall_time,
+        tuple(problems),
     )
 
 

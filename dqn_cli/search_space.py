@@ -27,7 +27,7 @@ Every bound, choice and fixed value is checked against the hyperparameter rules 
 from __future__ import annotations
 
 import json
-import tomllib
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -35,12 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 from dqn_cli.errors import UserError
 from dqn_cli.hyperparameters import Hyperparameters, apply_overrides
+from dqn_cli.runfiles import MAX_SETTINGS_BYTES, parse_untrusted_toml, read_untrusted_text
 
 if TYPE_CHECKING:
     import optuna
 
 DEFAULT_SPACE = "default"
 PRUNER_KEYS = ("n_startup_trials", "n_warmup_steps")
+MAX_STEPS = 1_000_000  # values a stepped range may hold; Optuna's grid arithmetic fails on finer ones
 PARAM_KEYS = {
     "float": {"type", "low", "high", "log", "step"},
     "int": {"type", "low", "high", "log", "step"},
@@ -95,6 +97,10 @@ def _check_value(origin: str, name: str, value: Any) -> None:
         raise UserError(f"{origin}: {exc}") from None
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _parse_param(origin: str, name: str, spec: Any) -> Param:
     where = f"{origin}: params.{name}"
     kind = spec.get("type") if isinstance(spec, dict) else None
@@ -111,10 +117,12 @@ def _parse_param(origin: str, name: str, spec: Any) -> Param:
             _check_value(where, name, choice)
         return Param(name, kind, choices=tuple(choices))
     low, high, log, step = spec.get("low"), spec.get("high"), spec.get("log", False), spec.get("step")
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)) or low >= high:
-        raise UserError(f"{where} needs numbers low < high")
-    if step is not None and (not isinstance(step, int | float) or isinstance(step, bool) or step <= 0):
-        raise UserError(f"{where}: step must be a number > 0")
+    if not all(_finite(v) for v in (low, high)) or low >= high:
+        raise UserError(f"{where} needs finite numbers low < high")
+    if step is not None and not (_finite(step) and (high - low) / MAX_STEPS <= step <= high - low):
+        raise UserError(
+            f"{where}: step must be a number > 0, from (high - low) / {MAX_STEPS:,} to high - low"
+        )
     if not isinstance(log, bool) or (log and (low <= 0 or step is not None)):
         raise UserError(f"{where}: log = true needs low > 0 and no step")
     if kind == "int" and not all(float(v).is_integer() for v in (low, high, step or 1)):
@@ -128,10 +136,7 @@ def _parse_param(origin: str, name: str, spec: Any) -> Param:
 
 def parse_space(text: str, name: str) -> SearchSpace:
     """Read and check a space file's text; ``name`` says where it came from in error messages."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"search space {name} is not valid TOML: {exc}") from None
+    data = parse_untrusted_toml(text, f"search space {name}")
     unknown = set(data) - {"envs", "fixed", "pruner", "params"}
     if unknown:
         raise UserError(f"search space {name} has unknown tables {sorted(unknown)}")
@@ -140,6 +145,9 @@ def parse_space(text: str, name: str) -> SearchSpace:
         raise UserError(f"search space {name}: params, fixed and pruner must be tables")
     if not params:
         raise UserError(f"search space {name} declares no [params.NAME] to search")
+    envs = data.get("envs", [])
+    if not isinstance(envs, list) or not all(isinstance(env_id, str) for env_id in envs):
+        raise UserError(f'search space {name}: envs must be a list of env ids, e.g. envs = ["CartPole-v1"]')
     for key, value in fixed.items():
         _check_value(f"search space {name}: fixed", key, value)
     overlap = set(fixed) & set(params)
@@ -152,7 +160,7 @@ def parse_space(text: str, name: str) -> SearchSpace:
         tuple(_parse_param(name, key, spec) for key, spec in params.items()),
         fixed,
         pruner,
-        tuple(data.get("envs", ())),
+        tuple(envs),
     )
 
 
@@ -180,7 +188,7 @@ def space_for(env_id: str) -> SearchSpace:
 
 def load_space(path: Path) -> SearchSpace:
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"cannot read search space {path}: {exc.strerror}") from None
+        text = read_untrusted_text(path, "search space", MAX_SETTINGS_BYTES)
+    except FileNotFoundError:
+        raise UserError(f"cannot read search space {path}: it does not exist") from None
     return parse_space(text, str(path))

@@ -39,8 +39,30 @@ class LoopState:
         return asdict(self)
 
     def load_state_dict(self, state: State) -> None:
-        for key, value in LoopState(**state).__dict__.items():
+        """Counters of the right types only: a checkpoint is read from disk, and a wrong one would
+        otherwise fail hours into the resumed run (a ValueError here is refused in one line)."""
+        loaded = LoopState(**state)
+        counts = (loaded.step, loaded.updates, loaded.loss_count, loaded.last_eval_step)
+        evaluations = (loaded.best_eval, loaded.last_eval)
+        if not (
+            all(_is_int(n) and -1 <= n < 2**63 for n in counts)
+            and all(_is_number(x) for x in (loaded.wall_time, loaded.loss_sum))
+            and all(x is None or _is_number(x) for x in evaluations)
+            and (loaded.last_eval is None) == (loaded.last_eval_step == -1)  # no evaluation yet, or one
+            and isinstance(loaded.recent_returns, list)
+            and all(_is_number(x) for x in loaded.recent_returns)
+        ):
+            raise ValueError("its loop counters are not all numbers of the right kind")
+        for key, value in loaded.__dict__.items():
             setattr(self, key, value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class _StopSignals:

@@ -38,14 +38,15 @@ from dqn_cli.runfiles import (
     FINAL_MODEL,
     RUNS_ROOT,
     RunState,
+    check_seed,
     create_run_dir,
-    is_run_dir,
-    newest_run,
     read_config,
     remove_stale_temporaries,
+    run_to_resume,
     save_model,
     write_config,
 )
+from dqn_cli.runlock import hold_run_lock
 from dqn_cli.session import LoopState, RunSession
 from dqn_cli.state import Stateful
 
@@ -141,6 +142,28 @@ def available_memory() -> int | None:
     return None
 
 
+NETWORK_COPIES = 5  # float32 copies of the parameters: online, gradients, target, Adam's two moments
+
+
+def _check_network_fits(spec: dict, device: torch.device) -> None:
+    """Fail in one line when the Q-network's training state cannot fit (``net_arch`` of huge layers),
+    as the replay check does: counted on the meta device, which allocates nothing, before it is built."""
+    try:
+        with torch.device("meta"):
+            parameters = sum(p.numel() for p in build_q_network(spec).parameters())
+    except RuntimeError:  # a layer whose size overflows 64 bits
+        parameters = 2**64
+    available = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
+    needed = NETWORK_COPIES * 4 * parameters
+    if needed > (available or 2**64):  # where memory is unknown, only what no machine has
+        free = "" if available is None else f", and {available / 1e9:.1f} GB of memory is available"
+        raise UserError(
+            f"a Q-network with hidden layers {spec['net_arch']} has {parameters:,} parameters and needs "
+            f"{needed / 1e9:,.1f} GB for them, their gradients, the target network and Adam's state{free}; "
+            "use smaller layers (--set net_arch=[...])"
+        )
+
+
 def _replay_that_fits(hp: Hyperparameters, obs_shape: tuple[int, ...], obs_dtype, rng) -> Replay:
     """Build replay, failing in one line when it would outgrow memory hours into a run: its arrays are
     mapped lazily, so nothing else would notice until the kernel kills the process."""
@@ -166,7 +189,7 @@ class Trainer:
     def __init__(
         self, env_id: str, hp: Hyperparameters, seed: int, preset: str, device: torch.device
     ) -> None:
-        self.env_id, self.hp, self.seed, self.device = env_id, hp, seed, device
+        self.env_id, self.hp, self.seed, self.device = env_id, hp, check_seed(seed, "seed"), device
         self.random = RandomSources(seed)  # first: the network's initial weights come from it
         envs = make_vector_env(env_id, hp.n_envs, hp)
         try:
@@ -179,7 +202,11 @@ class Trainer:
                 hp.dueling,
                 resolve_precision(hp.precision, device),
                 obs_dtype=str(obs_space.dtype),
+                encoder=hp.encoder,
             )
+            if hp.augment_shift and spec["kind"] == "mlp":
+                raise UserError(f"augment_shift shifts frame stacks (Atari); {env_id} gives no images")
+            _check_network_fits(spec, device)
             self.agent = DQNAgent(build_q_network(spec), hp, device)
             self.replay = _replay_that_fits(hp, obs_space.shape, obs_space.dtype, self.random.numpy)
             self.rollout = Rollout(envs, hp, self.replay, seed)
@@ -369,24 +396,22 @@ def train(
     torch_device = resolve_device(device)
     trainer = Trainer(env_id, hp, seed, preset, torch_device)  # validates everything, writes nothing
     try:
-        run_dir = create_run_dir(env_id, seed, run_dir, runs_root)
-        write_config(
-            run_dir,
-            {"env_id": env_id, "seed": seed, "preset": preset, "device": str(torch_device)},
-            hp.to_dict(),
-        )
-        return trainer.run(run_dir, quiet, on_evaluation)
+        with create_run_dir(env_id, seed, run_dir, runs_root) as run_dir:  # locked while it is written
+            write_config(
+                run_dir,
+                {"env_id": env_id, "seed": seed, "preset": preset, "device": str(torch_device)},
+                hp.to_dict(),
+            )
+            return trainer.run(run_dir, quiet, on_evaluation)
     finally:
         trainer.close()
 
 
-def run_to_resume(run_dir: Path | None) -> Path:
-    """The run folder ``--resume`` continues: the one given, or the newest run with a checkpoint."""
-    if run_dir is None:
-        return newest_run(having=(CHECKPOINT_FILE,), what="a checkpoint")
-    if not is_run_dir(run_dir):
-        raise UserError(f"{run_dir} is not a run folder (no {CONFIG_FILE})")
-    return run_dir
+def check_trainable(env_id: str, hp: Hyperparameters, device: str = "auto") -> None:
+    """Refuse now, writing nothing, whatever ``train`` would refuse for this env and these settings
+    (the env cannot be made here, its spaces, memory): `dqn bench` and `dqn tune` check every env so
+    before their first run."""
+    Trainer(env_id, hp, 0, "", resolve_device(device)).close()
 
 
 def resume(
@@ -394,21 +419,24 @@ def resume(
 ) -> tuple[TrainResult, bool]:
     """Continue a run (default: the newest with a checkpoint) from its checkpoint, to ``steps`` in total if
     given. Returns the result and whether the episodes in flight were restored exactly (classic control)
-    rather than restarted."""
+    rather than restarted. The run is locked from before its checkpoint is read until the run ends."""
     run_dir = run_to_resume(run_dir)
-    config = read_config(run_dir)
-    hp = saved_hyperparameters(config.get("hyperparameters"), str(run_dir / CONFIG_FILE))
-    checkpoint = load_checkpoint(run_dir)
-    if steps is not None:
-        if steps <= checkpoint.step:
-            raise UserError(f"--steps {steps:,} is not beyond the checkpoint's step {checkpoint.step:,}")
-        hp = apply_overrides(hp, {"n_timesteps": steps})
-    trainer = Trainer(config["env_id"], hp, config["seed"], config.get("preset", ""), resolve_device(device))
-    try:
-        exact = trainer.restore(checkpoint.state, run_dir / CHECKPOINT_FILE)
-        if steps is not None:  # only once the checkpoint is known to fit
-            write_config(run_dir, {k: v for k, v in config.items() if k != "hyperparameters"}, hp.to_dict())
-        remove_stale_temporaries(run_dir)
-        return trainer.run(run_dir, quiet), exact
-    finally:
-        trainer.close()
+    with hold_run_lock(run_dir):
+        config = read_config(run_dir)
+        hp = saved_hyperparameters(config.get("hyperparameters"), str(run_dir / CONFIG_FILE))
+        checkpoint = load_checkpoint(run_dir)
+        if steps is not None:
+            if steps <= checkpoint.step:
+                raise UserError(f"--steps {steps:,} is not beyond the checkpoint's step {checkpoint.step:,}")
+            hp = apply_overrides(hp, {"n_timesteps": steps})
+        torch_device = resolve_device(device)
+        trainer = Trainer(config["env_id"], hp, config["seed"], config.get("preset", ""), torch_device)
+        try:
+            exact = trainer.restore(checkpoint.state, run_dir / CHECKPOINT_FILE)
+            if steps is not None:  # only once the checkpoint is known to fit
+                saved_info = {k: v for k, v in config.items() if k != "hyperparameters"}
+                write_config(run_dir, saved_info, hp.to_dict())
+            remove_stale_temporaries(run_dir)
+            return trainer.run(run_dir, quiet), exact
+        finally:
+            trainer.close()

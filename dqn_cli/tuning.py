@@ -95,6 +95,7 @@ def prepare(
 ) -> TuneJob:
     """Check everything a study needs before any file or database is touched."""
     from dqn_cli.envs import check_env_id
+    from dqn_cli.training import check_trainable
 
     check_env_id(env_id)
     study = study or f"{env_folder_name(env_id)}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -109,6 +110,7 @@ def prepare(
     url = parse_storage_url(storage)
     if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
         raise UserError("an in-memory SQLite study lives in one process only; give a file: sqlite:///FILE.db")
+    check_trainable(env_id, base, device)  # the env can be made here, DQN can play it, it fits in memory
     return TuneJob(env_id, preset, base, space, storage, study, n_trials, runs_root, device, quiet)
 
 

@@ -180,15 +180,21 @@ def test_a_config_that_is_not_utf8_is_a_user_error(tmp_path: Path):
 def test_existing_non_empty_run_dir_is_refused(tmp_path: Path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "f").write_text("keep me")
-    with pytest.raises(UserError, match="already exists and is not empty"):
-        create_run_dir("CartPole-v1", 0, tmp_path / "x")
+    with (
+        pytest.raises(UserError, match="already exists and is not empty"),
+        create_run_dir("CartPole-v1", 0, tmp_path / "x"),
+    ):
+        pass
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["f"]  # no lock file left either
     assert (tmp_path / "x" / "f").read_text() == "keep me"
 
 
 def test_run_names_never_collide(tmp_path: Path):
-    first = create_run_dir("ALE/Pong-v5", 1, runs_root=tmp_path)
-    second = create_run_dir("ALE/Pong-v5", 1, runs_root=tmp_path)
-    assert first != second and first.parent == second.parent == tmp_path / "ALE-Pong-v5"
+    with (
+        create_run_dir("ALE/Pong-v5", 1, runs_root=tmp_path) as first,
+        create_run_dir("ALE/Pong-v5", 1, runs_root=tmp_path) as second,
+    ):
+        assert first != second and first.parent == second.parent == tmp_path / "ALE-Pong-v5"
 
 
 def _copy_model(tiny_run: Path, tmp_path: Path) -> Path:
