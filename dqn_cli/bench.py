@@ -8,14 +8,19 @@ per env (mean over seeds with a min-max band).
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import signal
 import statistics
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from multiprocessing import get_context
 from pathlib import Path
 
 from dqn_cli.envs import check_env_id
+from dqn_cli.interrupts import Interrupted, die_with_parent, stop_processes
 from dqn_cli.presets import resolve
 from dqn_cli.runfiles import RUNS_ROOT, check_seed, env_folder_name, write_atomic
 
@@ -34,6 +39,10 @@ class SeedResult:
     final_model_return: float  # the same for model.safetensors, the weights at the end of training
 
 
+class WorkerDied(RuntimeError):
+    """A worker process ended without handing back its run (killed, out of memory)."""
+
+
 def _greedy_mean(run_dir: Path, final: bool) -> float:
     from dqn_cli.evaluation import load_trained
 
@@ -42,11 +51,14 @@ def _greedy_mean(run_dir: Path, final: bool) -> float:
 
 
 def _train_and_score(env_id: str, seed: int, run_dir: Path, device: str, sets: list[str]) -> SeedResult:
-    from dqn_cli.training import set_training_threads, train
+    from dqn_cli.training import TrainingInterrupted, set_training_threads, train
 
     set_training_threads(env_id)  # this worker process trains one run after another
     preset, hp = resolve(env_id, sets=sets)
-    result = train(env_id, hp, seed=seed, preset=preset, run_dir=run_dir, device=device, quiet=True)
+    try:
+        result = train(env_id, hp, seed=seed, preset=preset, run_dir=run_dir, device=device, quiet=True)
+    except TrainingInterrupted as exc:  # checkpointed: the bench stops as at Ctrl-C anywhere else
+        raise Interrupted(exc.exit_code - 128) from None
     return SeedResult(
         env_id,
         seed,
@@ -90,6 +102,55 @@ def _table(results: list[SeedResult], env_ids: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _start_worker(parent_pid: int) -> None:
+    """A pool worker's first act. Ctrl-C at the terminal reaches the whole process group: an idle worker
+    ignores it (it would print a traceback), as the parent stops its workers with SIGTERM; a worker in
+    training checkpoints its run on either. A worker dies with the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent_pid)
+
+
+def _train_in_worker(env_id: str, seed: int, run_dir: Path, device: str, sets: list[str]) -> SeedResult:
+    """``_train_and_score`` in a pool worker. A worker whose run a signal stopped exits rather than take
+    the next run from the pool's queue: the bench is being stopped."""
+    try:
+        return _train_and_score(env_id, seed, run_dir, device, sets)
+    except Interrupted as exc:
+        os._exit(exc.exit_code)
+
+
+def _train_in_workers(
+    tasks: list[tuple[str, int, Path]],
+    jobs: int,
+    device: str,
+    sets: list[str],
+    done: Callable[[SeedResult], None],
+) -> None:
+    """Train each task in one of ``jobs`` processes (not threads: each trains with its own torch and its own
+    core) and hand its result to ``done`` in task order. On any exception, Ctrl-C and SIGTERM included, the
+    other runs are stopped (checkpointed) and the workers ended before it propagates: none outlives the
+    bench, and no half-finished run is scored."""
+    pool = ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(os.getpid(),),
+    )
+    try:
+        futures = [pool.submit(_train_in_worker, *task, device, sets) for task in tasks]
+        for future in futures:
+            done(future.result())
+    except BaseException as exc:
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_processes(multiprocessing.active_children())
+        if isinstance(exc, BrokenProcessPool):
+            raise WorkerDied(
+                "a bench worker process died (killed, or out of memory?); the runs finished before are kept"
+            ) from None
+        raise
+    pool.shutdown()
+
+
 def run_bench(
     env_ids: list[str],
     seeds: int,
@@ -118,22 +179,17 @@ def run_bench(
         for seed in range(1, seeds + 1)
     ]
     results: list[SeedResult] = []
+
+    def done(result: SeedResult) -> None:
+        results.append(result)
+        if on_result:
+            on_result(result)
+
     if jobs <= 1:
         for env_id, seed, run_dir in tasks:
-            results.append(_train_and_score(env_id, seed, run_dir, device, sets))
-            if on_result:
-                on_result(results[-1])
+            done(_train_and_score(env_id, seed, run_dir, device, sets))
     else:
-        # separate processes, not threads: each trains with its own torch and its own core
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = [
-                pool.submit(_train_and_score, env_id, seed, run_dir, device, sets)
-                for env_id, seed, run_dir in tasks
-            ]
-            for future in futures:
-                results.append(future.result())
-                if on_result:
-                    on_result(results[-1])
+        _train_in_workers(tasks, jobs, device, sets, done)
     write_atomic(bench_dir / "results.md", _table(results, env_ids).encode())
     write_atomic(bench_dir / "results.json", json.dumps([asdict(r) for r in results], indent=2).encode())
     for env_id in env_ids:

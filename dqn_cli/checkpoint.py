@@ -24,7 +24,7 @@ import numpy as np
 from dqn_cli.errors import UserError
 from dqn_cli.integrity import Verdict, describe, other_models, signed, verdict
 from dqn_cli.replay import TransitionStorage
-from dqn_cli.runfiles import CHECKPOINT_FILE, MODEL_FILES, write_atomic
+from dqn_cli.runfiles import CHECKPOINT_FILE, MODEL_FILES, require_regular_file, write_atomic
 from dqn_cli.state import State, Stateful, nest, section
 
 CHECKPOINT_FORMAT = "dqn-checkpoint/3"  # always carries a digest
@@ -77,6 +77,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     path = run_dir / CHECKPOINT_FILE
     if not path.exists():
         raise UserError(f"{run_dir} has no checkpoint to resume from ({CHECKPOINT_FILE} is missing)")
+    require_regular_file(path, "checkpoint")  # safetensors would wait forever on a FIFO
     try:
         with safe_open(path, framework="numpy") as handle:
             metadata = handle.metadata() or {}

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
@@ -194,6 +195,20 @@ def _load(run_or_model: Path | None, final: bool, device: str, env_id: str | Non
     return load_trained(run_or_model, final, device, env_id)
 
 
+@contextmanager
+def _stops_on_signal(outcome: str) -> Iterator[None]:
+    """Ctrl-C (SIGINT) or SIGTERM outside training: what was running cleans up, then one line saying what is
+    left (``outcome``) and exit 130 or 143, as a shell reports a process the signal ended."""
+    from dqn_cli.interrupts import exit_code, interruptible
+
+    try:
+        with interruptible():
+            yield
+    except KeyboardInterrupt as exc:
+        _say("interrupted", outcome)
+        raise typer.Exit(exit_code(exc)) from None
+
+
 @app.command("eval")
 @user_errors
 def eval_(
@@ -217,19 +232,20 @@ def eval_(
     device: Device = "auto",
 ) -> None:
     """Play greedy episodes with a trained model and report the returns."""
-    import numpy as np
+    with _stops_on_signal("no returns were reported"):
+        import numpy as np
 
-    from dqn_cli.evaluation import make_policy, play_rendered, prepare_play_process
-    from dqn_cli.progress import EpisodeProgress
+        from dqn_cli.evaluation import make_policy, play_rendered, prepare_play_process
+        from dqn_cli.progress import EpisodeProgress
 
-    prepare_play_process()
-    trained = _load(run_or_model, final, device, env)
-    if render:
-        policy = make_policy(trained.q_network, trained.n_actions, epsilon, seed, trained.device)
-        returns = play_rendered(policy, trained.env_id, episodes, seed)
-    else:
-        with EpisodeProgress(f"eval {trained.env_id}", episodes) as progress:
-            returns = trained.score(episodes, seed, epsilon, progress.advance)
+        prepare_play_process()
+        trained = _load(run_or_model, final, device, env)
+        if render:
+            policy = make_policy(trained.q_network, trained.n_actions, epsilon, seed, trained.device)
+            returns = play_rendered(policy, trained.env_id, episodes, seed)
+        else:
+            with EpisodeProgress(f"eval {trained.env_id}", episodes) as progress:
+                returns = trained.score(episodes, seed, epsilon, progress.advance)
     summary = {
         "env_id": trained.env_id,
         "episodes": episodes,
@@ -269,17 +285,18 @@ def record(
     device: Device = "auto",
 ) -> None:
     """Film greedy episodes of a trained model to an mp4 or gif and print its path."""
-    from dqn_cli.evaluation import make_policy, prepare_play_process, record_video, video_path
-    from dqn_cli.progress import EpisodeProgress
+    with _stops_on_signal("nothing was written"):
+        from dqn_cli.evaluation import make_policy, prepare_play_process, record_video, video_path
+        from dqn_cli.progress import EpisodeProgress
 
-    prepare_play_process(filming=True)
-    trained = _load(run_or_model, final, device, env)
-    path = video_path(trained.path, out)
-    policy = make_policy(trained.q_network, trained.n_actions, epsilon, seed, trained.device)
-    with EpisodeProgress(f"record {trained.env_id}", episodes) as progress:
-        returns, frames = record_video(
-            policy, trained.env_id, episodes, seed, path, trained.hyperparameters, progress.advance
-        )
+        prepare_play_process(filming=True)
+        trained = _load(run_or_model, final, device, env)
+        path = video_path(trained.path, out)
+        policy = make_policy(trained.q_network, trained.n_actions, epsilon, seed, trained.device)
+        with EpisodeProgress(f"record {trained.env_id}", episodes) as progress:
+            returns, frames = record_video(
+                policy, trained.env_id, episodes, seed, path, trained.hyperparameters, progress.advance
+            )
     typer.echo(str(path))
     print(f"{frames} frames, returns {', '.join(f'{r:.1f}' for r in returns)}", file=sys.stderr)
 
@@ -305,7 +322,6 @@ def bench(
 
     Output: runs/bench/<name>/ with a run folder per seed, results.md, results.json and <env>-curves.png.
     """
-    from dqn_cli.bench import run_bench
 
     def report(result) -> None:
         typer.echo(
@@ -314,7 +330,13 @@ def bench(
             err=True,
         )
 
-    bench_dir = run_bench(env_ids, seeds, jobs, name, device, sets=set_, on_result=report)
+    with _stops_on_signal("finished runs are kept, stopped ones can be resumed; no results were written"):
+        from dqn_cli.bench import WorkerDied, run_bench
+
+        try:
+            bench_dir = run_bench(env_ids, seeds, jobs, name, device, sets=set_, on_result=report)
+        except WorkerDied as exc:
+            _fail(str(exc), code=1)
     typer.echo((bench_dir / "results.md").read_text())
     typer.echo(f"Saved in {bench_dir}")
 
@@ -459,19 +481,22 @@ def tune(
 ) -> None:
     """Search hyperparameters with Optuna: each trial is an ordinary run, pruned early when its evaluations
     trail the others'. Prints the best parameters and writes them as a preset for `dqn train --config`."""
-    from dqn_cli.tuning import WorkerFailed, prepare, shown_storage
-    from dqn_cli.tuning import tune as run_study
+    with _stops_on_signal("finished trials are kept in the study, stopped ones are marked failed"):
+        from dqn_cli.tuning import WorkerFailed, prepare, shown_storage
+        from dqn_cli.tuning import tune as run_study
 
-    job = prepare(env_id, trials, storage=storage, study=study, space_file=space, device=device, quiet=quiet)
-    if not quiet:
-        typer.echo(
-            f"Study {job.study} in {shown_storage(job.storage)}: {trials} trials, {jobs} worker(s), "
-            f"search space {job.space.name}"
+        job = prepare(
+            env_id, trials, storage=storage, study=study, space_file=space, device=device, quiet=quiet
         )
-    try:
-        result = run_study(job, jobs)
-    except WorkerFailed as exc:
-        _fail(str(exc), code=1)
+        if not quiet:
+            typer.echo(
+                f"Study {job.study} in {shown_storage(job.storage)}: {trials} trials, {jobs} worker(s), "
+                f"search space {job.space.name}"
+            )
+        try:
+            result = run_study(job, jobs)
+        except WorkerFailed as exc:
+            _fail(str(exc), code=1)
     counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(result.counts.items()))
     typer.echo(f"Study {result.study}: {counts or 'no trials'}")
     if result.best is None:

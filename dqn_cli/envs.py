@@ -20,6 +20,7 @@ from dqn_cli.atari import AtariSettings, is_atari, make_atari_vector_env, regist
 from dqn_cli.errors import UserError
 
 Made = TypeVar("Made")
+MAX_ENVS = 1024  # more, stepped one after another in one process, would only take minutes to make
 _WARNED: set[str] = set()  # the warnings env creation has shown in this process
 
 
@@ -113,6 +114,8 @@ def make_vector_env(env_id: str, n_envs: int, hp: Any = None) -> gym.vector.Vect
     get ale-py's vector env with the preprocessing that ``hp`` (a run's hyperparameters) asks for.
     """
     check_env_id(env_id)
+    if n_envs > MAX_ENVS:
+        raise UserError(f"n_envs = {n_envs:,}: at most {MAX_ENVS:,} envs are stepped in one process")
     if is_atari(env_id):
         return _created(env_id, lambda: make_atari_vector_env(AtariSettings.for_env(env_id, hp), n_envs))
     envs = _created(

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import stat
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import takewhile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -145,15 +151,33 @@ def prepare_play_process(filming: bool = False) -> None:
 
 
 def video_path(model_path: Path, out: Path | None) -> Path:
-    """Where a recording goes: ``out`` as given, a bare name in the run's videos/, or a timestamped mp4."""
+    """Where a recording goes: ``out`` as given, a bare name in the run's videos/, or a timestamped mp4.
+    What is there already must be a file the video may replace: a folder, a FIFO or a device is refused
+    before anything is filmed. Missing folders are made by ``record_video``, which removes them on failure."""
     if out is None:
         out = Path(f"{model_path.stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.mp4")
-    if out.suffix not in (".mp4", ".gif"):
-        raise UserError(f"--out must end in .mp4 or .gif, got {out.name!r}")
     if out.parent == Path():
         out = model_path.parent / "videos" / out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        kind = stat.S_IFMT(out.stat().st_mode)
+    except FileNotFoundError:
+        kind = stat.S_IFREG  # a new file
+    except OSError as exc:  # a parent that is a file, or that may not be searched
+        raise _cannot_write(out, exc) from None
+    if kind != stat.S_IFREG:
+        kinds = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}
+        raise UserError(
+            f"--out {out} is {kinds.get(kind, 'a device')}, not a video file; "
+            "give a file name ending in .mp4 or .gif"
+        )
+    if out.suffix not in (".mp4", ".gif"):
+        raise UserError(f"--out must end in .mp4 or .gif, got {out.name!r}")
     return out
+
+
+def _cannot_write(path: Path, exc: OSError) -> UserError:
+    """The file system's own reason (``Read-only file system``, ``No space left on device``), in one line."""
+    return UserError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 def make_policy(
@@ -286,35 +310,177 @@ def record_video(
     """Film ``episodes`` episodes into an mp4 or gif: the rendered game, for Atari the full-colour screen.
 
     Each episode contributes its reset frame plus one frame per step. Returns (returns, frame count).
+    The video appears at ``out_path`` only once complete: an error or an interrupt leaves nothing behind
+    (no partial file, no folder made for it), and the error is the file system's or the encoder's own.
     """
-    import imageio.v2 as imageio
-
     env = filmed_env(env_id, hp)
-    fps = env.fps
-    tmp_path = out_path.with_name(f".{out_path.stem}.tmp{out_path.suffix}")
-    if out_path.suffix == ".gif":
-        writer = imageio.get_writer(tmp_path, mode="I", duration=1000 / fps, loop=0)
-    else:
-        # macro_block_size=1 keeps odd frame sizes as they are instead of resizing them.
-        writer = imageio.get_writer(tmp_path, fps=fps, codec="libx264", macro_block_size=1, quality=7)
     returns, frames = [], 0
     try:
-        with writer:
-            for episode in range(episodes):
-                obs, frame = env.reset(seed=seed + episode)
-                writer.append_data(frame)
-                frames += 1
-                total, done = 0.0, False
-                while not done:
-                    obs, reward, done, frame = env.step(policy(obs))
-                    writer.append_data(frame)
+        with _staged_file(out_path) as tmp_path:
+            writer = (_GifWriter if out_path.suffix == ".gif" else _Mp4Writer)(tmp_path, env.fps, out_path)
+            try:
+                for episode in range(episodes):
+                    obs, frame = env.reset(seed=seed + episode)
+                    writer.append(frame)
                     frames += 1
-                    total += reward
-                returns.append(total)
-                if on_episode is not None:
-                    on_episode()
-        os.replace(tmp_path, out_path)
+                    total, done = 0.0, False
+                    while not done:
+                        obs, reward, done, frame = env.step(policy(obs))
+                        writer.append(frame)
+                        frames += 1
+                        total += reward
+                    returns.append(total)
+                    if on_episode is not None:
+                        on_episode()
+                writer.finish()
+            except BaseException:
+                writer.abort()
+                raise
     finally:
         env.close()
-        tmp_path.unlink(missing_ok=True)
     return returns, frames
+
+
+@contextmanager
+def _staged_file(path: Path) -> Iterator[Path]:
+    """A new empty file beside ``path`` (and the folders it needs) that becomes ``path`` when the block
+    ends without error. Otherwise the file and the folders made for it are removed, and removing never
+    raises: the error the user sees is the one that stopped the recording."""
+    made: list[Path] = []  # innermost first
+    tmp: Path | None = None
+    try:
+        try:
+            missing = list(takewhile(lambda folder: not folder.exists(), [path.parent, *path.parent.parents]))
+            for folder in reversed(missing):
+                folder.mkdir()
+                made.insert(0, folder)
+        except OSError as exc:
+            raise UserError(f"cannot make the folder {exc.filename} for {path}: {exc.strerror}") from None
+        try:
+            staged = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+            os.close(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
+            tmp = staged
+        except OSError as exc:
+            raise _cannot_write(path, exc) from None
+        yield tmp
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _cannot_write(path, exc) from None
+        tmp, made = None, []
+    finally:
+        if tmp is not None:
+            with suppress(OSError):
+                tmp.unlink()
+        for folder in made:
+            with suppress(OSError):
+                folder.rmdir()
+
+
+MP4_CRF = 15  # libx264 quality: 0 lossless .. 51 worst; what imageio's quality=7 gave
+
+
+class _Mp4Writer:
+    """H.264 through imageio-ffmpeg's ffmpeg binary, run directly rather than through imageio: its messages
+    are caught (a failure is one line, ffmpeg's last: "Error closing file: No space left on device"), and it
+    runs in a session of its own, so Ctrl-C at the terminal reaches dqn, which stops it, and never ffmpeg."""
+
+    def __init__(self, path: Path, fps: int, shown: Path) -> None:
+        self._path, self._fps, self._shown = path, fps, shown
+        self._ffmpeg: subprocess.Popen[bytes] | None = None
+        self._messages: deque[str] = deque(maxlen=20)
+        self._reader: threading.Thread | None = None  # drains ffmpeg's messages as they come
+
+    def append(self, frame: np.ndarray) -> None:
+        if self._ffmpeg is None:
+            self._start(*frame.shape[:2])
+        try:
+            self._ffmpeg.stdin.write(frame.tobytes())
+        except BrokenPipeError:  # ffmpeg stopped; its exit says why
+            self.finish()
+            raise UserError(f"cannot write {self._shown}: ffmpeg stopped reading frames") from None
+
+    def finish(self) -> None:
+        """Wait for ffmpeg to complete the file."""
+        if self._ffmpeg is None:
+            return
+        with suppress(BrokenPipeError):
+            self._ffmpeg.stdin.close()
+        code = self._ffmpeg.wait()
+        self._stop_reading()
+        if code != 0:
+            raise UserError(f"cannot write {self._shown}: {self._failure(code)}")
+
+    def abort(self) -> None:
+        if self._ffmpeg is None:
+            return
+        self._ffmpeg.kill()
+        with suppress(OSError):
+            self._ffmpeg.stdin.close()
+        self._ffmpeg.wait()
+        self._stop_reading()
+
+    def _start(self, height: int, width: int) -> None:
+        import imageio_ffmpeg
+
+        try:
+            command = [
+                imageio_ffmpeg.get_ffmpeg_exe(),
+                *("-hide_banner", "-nostats", "-loglevel", "error", "-y"),
+                *("-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(self._fps)),
+                *("-i", "-", "-an", "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-crf", str(MP4_CRF)),
+                str(self._path),
+            ]
+            self._ffmpeg = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except (RuntimeError, OSError) as exc:  # no ffmpeg binary for this platform, or not runnable
+            raise UserError(f"cannot write {self._shown}: ffmpeg is not available ({exc})") from None
+        self._reader = threading.Thread(target=self._read_messages, args=(self._ffmpeg.stderr,), daemon=True)
+        self._reader.start()
+
+    def _read_messages(self, stderr: IO[bytes]) -> None:
+        for line in stderr:
+            self._messages.append(line.decode(errors="replace").strip())
+
+    def _stop_reading(self) -> None:
+        """Once ffmpeg has exited: its last messages are in."""
+        if self._reader is not None:
+            self._reader.join()
+            self._ffmpeg.stderr.close()
+
+    def _failure(self, code: int) -> str:
+        """ffmpeg's last message, without its ``[component @ 0x...]`` prefix."""
+        messages = [m for m in self._messages if m and not m.startswith("Last message repeated")]
+        if messages:
+            return f"ffmpeg: {messages[-1].split('] ', 1)[-1]}"
+        return f"ffmpeg was killed by signal {-code}" if code < 0 else f"ffmpeg failed with exit code {code}"
+
+
+class _GifWriter:
+    """Pillow, which encodes all frames at the end (as imageio did): an aborted recording writes nothing."""
+
+    def __init__(self, path: Path, fps: int, shown: Path) -> None:
+        self._path, self._fps, self._shown = path, fps, shown
+        self._frames: list[Any] = []
+
+    def append(self, frame: np.ndarray) -> None:
+        from PIL import Image
+
+        self._frames.append(Image.fromarray(frame))
+
+    def finish(self) -> None:
+        first, *rest = self._frames
+        try:
+            first.save(
+                self._path, format="GIF", save_all=True, append_images=rest, duration=1000 / self._fps, loop=0
+            )
+        except OSError as exc:
+            raise _cannot_write(self._shown, exc) from None
+
+    def abort(self) -> None:
+        self._frames.clear()

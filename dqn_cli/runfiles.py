@@ -19,7 +19,7 @@ import stat
 import tempfile
 import tomllib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -67,17 +67,18 @@ def write_atomic(path: Path, data: bytes) -> None:
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror}") from None
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
+        with os.fdopen(fd, "wb") as handle:  # owns fd from here: closed whatever fails
+            os.fchmod(fd, 0o666 & ~_umask())
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}; its previous version is kept") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        with suppress(OSError):  # a failure to clean up must not hide the failure that made it necessary
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            kept = "; its previous version is kept" if path.exists() else ""
+            raise UserError(f"cannot write {path}: {exc.strerror or exc}{kept}") from None
         raise
 
 
@@ -159,6 +160,17 @@ def _check_regular(info: os.stat_result, path: Path, what: str, max_bytes: int) 
             f"cannot read {what} {path}: it holds {info.st_size:,} bytes, more than a {what} can "
             f"({max_bytes:,})"
         )
+
+
+def require_regular_file(path: Path, what: str) -> None:
+    """A one-line UserError unless ``path`` is a regular file (FileNotFoundError if it is missing), for
+    files read by libraries that would block on a FIFO or fail obscurely on a folder (safetensors)."""
+    try:
+        _check_regular(os.stat(path), path, what, max_bytes=2**63)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
 def read_untrusted_bytes(path: Path, what: str, max_bytes: int) -> bytes:
@@ -408,12 +420,13 @@ def resolve_model_path(run_or_model: Path | None, final: bool = False) -> Path:
     target = newest_run() if run_or_model is None else run_or_model
     if target.is_dir():
         order = [FINAL_MODEL] if final else [BEST_MODEL, FINAL_MODEL]
-        for name in order:
-            if (target / f"{name}.safetensors").exists():
-                return target / f"{name}.safetensors"
-        raise UserError(f"{target} holds no model ({' or '.join(n + '.safetensors' for n in order)})")
-    if not target.exists():
+        found = [path for path in (target / f"{name}.safetensors" for name in order) if path.exists()]
+        if not found:
+            raise UserError(f"{target} holds no model ({' or '.join(n + '.safetensors' for n in order)})")
+        target = found[0]
+    elif not target.exists():
         raise UserError(f"no such run or model: {target}")
+    require_regular_file(target, "model file")  # safetensors would wait forever on a FIFO
     return target
 
 

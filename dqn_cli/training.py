@@ -143,24 +143,28 @@ def available_memory() -> int | None:
 
 
 NETWORK_COPIES = 5  # float32 copies of the parameters: online, gradients, target, Adam's two moments
+BATCH_COPIES = 6  # float32 values per unit and transition: obs and next obs, online (and backward), target
 
 
-def _check_network_fits(spec: dict, device: torch.device) -> None:
-    """Fail in one line when the Q-network's training state cannot fit (``net_arch`` of huge layers),
-    as the replay check does: counted on the meta device, which allocates nothing, before it is built."""
+def _check_network_fits(spec: dict, batch_size: int, device: torch.device) -> None:
+    """Fail in one line when the Q-network's training state and a batch through it cannot fit (layers
+    or a ``batch_size`` far too large), as the replay check does for replay, before anything is built:
+    the parameters are counted on the meta device, which allocates nothing."""
     try:
         with torch.device("meta"):
             parameters = sum(p.numel() for p in build_q_network(spec).parameters())
     except RuntimeError:  # a layer whose size overflows 64 bits
         parameters = 2**64
+    # values per transition in one pass, roughly: a CNN's feature maps are about its input's size
+    units = math.prod(spec["obs_shape"]) + sum(spec["net_arch"]) + spec["n_actions"]
+    needed = 4 * (NETWORK_COPIES * parameters + BATCH_COPIES * batch_size * units)
     available = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
-    needed = NETWORK_COPIES * 4 * parameters
     if needed > (available or 2**64):  # where memory is unknown, only what no machine has
         free = "" if available is None else f", and {available / 1e9:.1f} GB of memory is available"
         raise UserError(
-            f"a Q-network with hidden layers {spec['net_arch']} has {parameters:,} parameters and needs "
-            f"{needed / 1e9:,.1f} GB for them, their gradients, the target network and Adam's state{free}; "
-            "use smaller layers (--set net_arch=[...])"
+            f"a Q-network of {parameters:,} parameters (hidden layers {spec['net_arch']}) trained on batches "
+            f"of {batch_size:,} needs {needed / 1e9:,.1f} GB for its weights, gradients, target network, "
+            f"Adam's state and a batch{free}; use smaller net_arch layers or batch_size"
         )
 
 
@@ -206,7 +210,7 @@ class Trainer:
             )
             if hp.augment_shift and spec["kind"] == "mlp":
                 raise UserError(f"augment_shift shifts frame stacks (Atari); {env_id} gives no images")
-            _check_network_fits(spec, device)
+            _check_network_fits(spec, hp.batch_size, device)
             self.agent = DQNAgent(build_q_network(spec), hp, device)
             self.replay = _replay_that_fits(hp, obs_space.shape, obs_space.dtype, self.random.numpy)
             self.rollout = Rollout(envs, hp, self.replay, seed)

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import os
 import re
+import signal
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,6 +32,7 @@ import tomli_w
 
 from dqn_cli.errors import UserError
 from dqn_cli.hyperparameters import Hyperparameters, apply_overrides
+from dqn_cli.interrupts import Interrupted, die_with_parent, exit_code, interruptible, stop_processes
 from dqn_cli.presets import resolve
 from dqn_cli.runfiles import RUNS_ROOT, RunState, env_folder_name, write_atomic
 from dqn_cli.search_space import SearchSpace, load_space, space_for
@@ -242,27 +246,44 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _run_workers(job: TuneJob, jobs: int) -> None:
+    """``jobs`` worker processes. On Ctrl-C or SIGTERM (an Interrupted) the parent stops them with SIGTERM
+    and waits for them to record their trials as failed before it propagates: none outlives `dqn tune`."""
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: forking torch is unsafe
-    workers = [context.Process(target=work, args=(job,), name=f"dqn-tune-{i}") for i in range(jobs)]
-    for worker in workers:
-        worker.start()
+    workers = [
+        context.Process(target=_worker, args=(job, os.getpid()), name=f"dqn-tune-{i}") for i in range(jobs)
+    ]
     try:
         for worker in workers:
-            worker.join()
-    except KeyboardInterrupt:  # Ctrl-C reached the workers too: let them record their trials as failed
+            worker.start()
         for worker in workers:
             worker.join()
+    except BaseException:
+        stop_processes(workers)
         raise
     failed = [worker.exitcode for worker in workers if worker.exitcode]
     if failed:
         raise WorkerFailed(f"{len(failed)} of {jobs} tuning workers failed (exit codes {failed})")
 
 
+def _worker(job: TuneJob, parent_pid: int) -> None:
+    """A worker process. Ctrl-C at the terminal reaches the whole process group, but the parent decides: it
+    stops its workers with SIGTERM (a trial in training checkpoints first, on either signal). Stopped, a
+    worker marks its trial failed and exits 143 without a traceback. It dies with the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent_pid)
+    try:
+        with interruptible([signal.SIGTERM], second_exits=False):
+            work(job)
+    except KeyboardInterrupt as exc:
+        sys.exit(exit_code(exc))
+
+
 def work(job: TuneJob) -> None:
-    """One worker: take trials until the study holds ``job.n_trials`` of them."""
+    """One worker: take trials until the study holds ``job.n_trials`` of them. A trial interrupted in
+    training is recorded as failed, and the interrupt goes on as an Interrupted."""
     import optuna
 
-    from dqn_cli.training import set_training_threads
+    from dqn_cli.training import TrainingInterrupted, set_training_threads
 
     set_training_threads(job.env_id)  # where this worker process starts: it trains one trial after another
 
@@ -271,8 +292,11 @@ def work(job: TuneJob) -> None:
         storage=open_storage(job.storage),
         pruner=optuna.pruners.MedianPruner(**job.space.pruner),
     )
-    while (trial := _claim_trial(study, job)) is not None:
-        _run_trial(study, trial, job)
+    try:
+        while (trial := _claim_trial(study, job)) is not None:
+            _run_trial(study, trial, job)
+    except TrainingInterrupted as exc:
+        raise Interrupted(exc.exit_code - 128) from None
 
 
 def _claim_trial(study: optuna.Study, job: TuneJob) -> optuna.Trial | None:

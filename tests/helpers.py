@@ -19,6 +19,19 @@ def dqn(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedP
     )
 
 
+def launch(*args: str, cwd: Path, own_session: bool = False) -> subprocess.Popen:
+    """`dqn` started in the background, for tests that signal or race it; ``own_session`` keeps a signal
+    sent to its process group from reaching pytest."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dqn_cli", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=own_session,
+    )
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import launch
 from safetensors.numpy import load_file
 
 from dqn_cli.checkpoint import CHECKPOINT_FILE, load_checkpoint, read_checkpoint_step
@@ -37,16 +38,6 @@ SETS = [
 ]
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "dqn_cli", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def _set_args() -> list[str]:
     return [arg for item in SETS for arg in ("--set", item)]
 
@@ -65,12 +56,12 @@ def _weights(run: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_kill_9_after_checkpoint_then_resume_is_bit_identical_to_uninterrupted(tmp_path: Path):
-    straight = _cli(
+    straight = launch(
         "train", "CartPole-v1", "--seed", "4", "--quiet", "--run-dir", "straight", *_set_args(), cwd=tmp_path
     )
     assert straight.wait() == 0, straight.stderr.read()
 
-    killed = _cli(
+    killed = launch(
         "train", "CartPole-v1", "--seed", "4", "--quiet", "--run-dir", "killed", *_set_args(), cwd=tmp_path
     )
     _wait_for_checkpoint(tmp_path / "killed", STEPS // 2, killed)
@@ -78,7 +69,7 @@ def test_kill_9_after_checkpoint_then_resume_is_bit_identical_to_uninterrupted(t
     killed.wait()
     assert not (tmp_path / "killed" / "model.safetensors").exists()  # it really died mid-run
 
-    resumed = _cli("train", "--resume", "killed", "--quiet", cwd=tmp_path)
+    resumed = launch("train", "--resume", "killed", "--quiet", cwd=tmp_path)
     assert resumed.wait() == 0, resumed.stderr.read()
 
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
@@ -96,7 +87,7 @@ def test_kill_9_after_checkpoint_then_resume_is_bit_identical_to_uninterrupted(t
 
 @pytest.mark.slow
 def test_sigint_checkpoints_prints_resume_command_and_exits_130(tmp_path: Path):
-    process = _cli("train", "CartPole-v1", "--run-dir", "run", "--quiet", *_set_args(), cwd=tmp_path)
+    process = launch("train", "CartPole-v1", "--run-dir", "run", "--quiet", *_set_args(), cwd=tmp_path)
     _wait_for_checkpoint(tmp_path / "run", STEPS // 2, process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
@@ -106,17 +97,17 @@ def test_sigint_checkpoints_prints_resume_command_and_exits_130(tmp_path: Path):
     step = read_checkpoint_step(tmp_path / "run")
     assert STEPS // 2 <= step < STEPS
     assert read_status(tmp_path / "run").state == "interrupted"
-    resumed = _cli("train", "--resume", "--quiet", cwd=tmp_path)  # newest run with a checkpoint
+    resumed = launch("train", "--resume", "--quiet", cwd=tmp_path)  # newest run with a checkpoint
     # (it lives in ./run, not under ./runs, so name it)
     assert resumed.wait() != 0
-    resumed = _cli("train", "--resume", "run", "--quiet", cwd=tmp_path)
+    resumed = launch("train", "--resume", "run", "--quiet", cwd=tmp_path)
     assert resumed.wait() == 0, resumed.stderr.read()
     assert read_checkpoint_step(tmp_path / "run") == STEPS
 
 
 @pytest.mark.slow
 def test_second_ctrl_c_exits_at_once_leaving_a_good_checkpoint(tmp_path: Path):
-    process = _cli("train", "CartPole-v1", "--run-dir", "run", "--quiet", *_set_args(), cwd=tmp_path)
+    process = launch("train", "CartPole-v1", "--run-dir", "run", "--quiet", *_set_args(), cwd=tmp_path)
     _wait_for_checkpoint(tmp_path / "run", STEPS // 2, process)
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGINT)
@@ -128,7 +119,7 @@ def test_second_ctrl_c_exits_at_once_leaving_a_good_checkpoint(tmp_path: Path):
 
 @pytest.mark.slow
 def test_sigterm_exits_143_with_a_checkpoint(tmp_path: Path):
-    process = _cli("train", "CartPole-v1", "--run-dir", "run", "--quiet", *_set_args(), cwd=tmp_path)
+    process = launch("train", "CartPole-v1", "--run-dir", "run", "--quiet", *_set_args(), cwd=tmp_path)
     _wait_for_checkpoint(tmp_path / "run", STEPS // 2, process)
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=60)

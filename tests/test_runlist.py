@@ -16,9 +16,8 @@ WIDE = {**os.environ, "COLUMNS": "200"}  # no folded cells
 
 def make_run(run: Path, env_id: str, started: int, status: dict | None = None) -> Path:
     run.mkdir(parents=True)
-    (run / "config.toml").write_text(
-        f'env_id = "{env_id}"\nseed = 0\n[hyperparameters]\nn_timesteps = 5000\n'
-    )
+    config = f'env_id = "{env_id}"\nseed = 0\n[hyperparameters]\nn_timesteps = 5000\n'
+    (run / "config.toml").write_text(config)
     os.utime(run / "config.toml", (started, started))
     if status is not None:
         (run / "status.json").write_text(json.dumps(status))
