@@ -152,10 +152,9 @@ def main() -> None:
         f"{args.repeats} alternating rounds; save includes the fsync of `write_atomic`; load reads a file "
         "just written, so from the page cache where memory allows.",
     ]
-    if args.print_only:
-        print("\n".join(lines))
-    else:
-        append_results(f"Checkpoint digest cost ({args.transitions:,}-transition Atari replay)", lines)
+    append_results(
+        f"Checkpoint digest cost ({args.transitions:,}-transition Atari replay)", lines, args.print_only
+    )
 
 
 if __name__ == "__main__":

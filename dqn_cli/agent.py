@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import torch
@@ -109,7 +110,8 @@ class DQNAgent:
             loss = (self._to_device(batch.weights) * self.loss_fn(q_taken, targets, reduction="none")).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(self.online.parameters(), self.hp.max_grad_norm)
+        if math.isfinite(self.hp.max_grad_norm):  # inf: no clipping, and no norm computed for it
+            nn.utils.clip_grad_norm_(self.online.parameters(), self.hp.max_grad_norm)
         self.optimizer.step()
         td_errors = None if batch.weights is None else (targets - q_taken).detach().cpu().numpy()
         return loss.detach(), td_errors

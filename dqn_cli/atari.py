@@ -50,11 +50,15 @@ class AtariSettings:
     max_frames_per_episode: int
 
     @classmethod
-    def for_env(cls, env_id: str, hp: Hyperparameters | None = None) -> AtariSettings:
-        """``hp``: a run's hyperparameters; without one, the defaults (the DQN paper's pipeline)."""
+    def for_env(
+        cls, env_id: str, hp: Hyperparameters | None = None, max_frames: int | None = None
+    ) -> AtariSettings:
+        """``hp``: a run's hyperparameters; without one, the defaults (the DQN paper's pipeline).
+        ``max_frames`` ends episodes sooner than the id's own cap (evaluation's ``eval_max_frames``)."""
         hp = hp or Hyperparameters()
         spec_kwargs = gym.registry[env_id].kwargs
         sticky = hp.repeat_action_probability
+        own_cap = spec_kwargs.get("max_num_frames_per_episode", 108_000)
         return cls(
             game=spec_kwargs["game"],
             frame_stack=hp.frame_stack,
@@ -64,7 +68,7 @@ class AtariSettings:
                 spec_kwargs.get("repeat_action_probability", 0.25) if sticky < 0 else sticky
             ),
             full_action_space=spec_kwargs.get("full_action_space", False),
-            max_frames_per_episode=spec_kwargs.get("max_num_frames_per_episode", 108_000),
+            max_frames_per_episode=own_cap if max_frames is None else min(own_cap, max_frames),
         )
 
     @property

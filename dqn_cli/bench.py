@@ -1,7 +1,7 @@
 """`dqn bench`: train several seeds per env with the shipped presets and summarise them in one folder.
 
 ``runs/bench/<name>/`` gets a run folder per (env, seed), ``results.md`` (a markdown table: mean ± std of
-the final 20-episode greedy evaluation, env steps, wall time), ``results.json`` and one learning-curve PNG
+the final 20-episode evaluation, env steps, wall time), ``results.json`` and one learning-curve PNG
 per env (mean over seeds with a min-max band).
 """
 
@@ -20,9 +20,12 @@ from datetime import datetime
 from pathlib import Path
 
 from dqn_cli.envs import check_env_id
+from dqn_cli.hyperparameters import Hyperparameters
 from dqn_cli.interrupts import Interrupted, die_with_parent, stop_processes
 from dqn_cli.presets import resolve
 from dqn_cli.runfiles import RUNS_ROOT, check_seed, env_folder_name, write_atomic
+
+Task = tuple[str, int, Path, str, Hyperparameters]  # env id, seed, run folder, preset name, its values
 
 FINAL_EVAL_EPISODES = 20
 FINAL_EVAL_SEED = 0  # the same episodes `dqn eval` plays by default
@@ -35,7 +38,7 @@ class SeedResult:
     run_dir: str
     steps: int
     wall_time: float
-    best_model_return: float  # 20 greedy episodes of best.safetensors, what `dqn eval RUN` reports
+    best_model_return: float  # 20 evaluation episodes of best.safetensors, what `dqn eval RUN` reports
     final_model_return: float  # the same for model.safetensors, the weights at the end of training
 
 
@@ -43,18 +46,20 @@ class WorkerDied(RuntimeError):
     """A worker process ended without handing back its run (killed, out of memory)."""
 
 
-def _greedy_mean(run_dir: Path, final: bool) -> float:
+def _evaluation_mean(run_dir: Path, final: bool) -> float:
+    """As `dqn eval` scores a model: the run's eval_epsilon (0.05 for Atari, else greedy) and frame cap."""
     from dqn_cli.evaluation import load_trained
 
     returns = load_trained(run_dir, final=final, device="cpu").score(FINAL_EVAL_EPISODES, FINAL_EVAL_SEED)
     return statistics.mean(returns)
 
 
-def _train_and_score(env_id: str, seed: int, run_dir: Path, device: str, sets: list[str]) -> SeedResult:
+def _train_and_score(
+    env_id: str, seed: int, run_dir: Path, preset: str, hp: Hyperparameters, device: str
+) -> SeedResult:
     from dqn_cli.training import TrainingInterrupted, set_training_threads, train
 
     set_training_threads(env_id)  # this worker process trains one run after another
-    preset, hp = resolve(env_id, sets=sets)
     try:
         result = train(env_id, hp, seed=seed, preset=preset, run_dir=run_dir, device=device, quiet=True)
     except TrainingInterrupted as exc:  # checkpointed: the bench stops as at Ctrl-C anywhere else
@@ -65,8 +70,8 @@ def _train_and_score(env_id: str, seed: int, run_dir: Path, device: str, sets: l
         str(run_dir),
         result.steps,
         result.wall_time,
-        _greedy_mean(run_dir, final=False),
-        _greedy_mean(run_dir, final=True),
+        _evaluation_mean(run_dir, final=False),
+        _evaluation_mean(run_dir, final=True),
     )
 
 
@@ -76,7 +81,7 @@ def _spread(values: list[float]) -> str:
 
 def _table(results: list[SeedResult], env_ids: list[str]) -> str:
     lines = [
-        f"| env | seeds | best model, {FINAL_EVAL_EPISODES} greedy episodes: mean ± std (min) "
+        f"| env | seeds | best model, {FINAL_EVAL_EPISODES} evaluation episodes: mean ± std (min) "
         "| final model: mean ± std (min) | env steps (mean) | wall time per seed (mean) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
@@ -110,20 +115,21 @@ def _start_worker(parent_pid: int) -> None:
     die_with_parent(parent_pid)
 
 
-def _train_in_worker(env_id: str, seed: int, run_dir: Path, device: str, sets: list[str]) -> SeedResult:
+def _train_in_worker(
+    env_id: str, seed: int, run_dir: Path, preset: str, hp: Hyperparameters, device: str
+) -> SeedResult:
     """``_train_and_score`` in a pool worker. A worker whose run a signal stopped exits rather than take
     the next run from the pool's queue: the bench is being stopped."""
     try:
-        return _train_and_score(env_id, seed, run_dir, device, sets)
+        return _train_and_score(env_id, seed, run_dir, preset, hp, device)
     except Interrupted as exc:
         os._exit(exc.exit_code)
 
 
 def _train_in_workers(
-    tasks: list[tuple[str, int, Path]],
+    tasks: list[Task],
     jobs: int,
     device: str,
-    sets: list[str],
     done: Callable[[SeedResult], None],
 ) -> None:
     """Train each task in one of ``jobs`` processes (not threads: each trains with its own torch and its own
@@ -137,7 +143,7 @@ def _train_in_workers(
         initargs=(os.getpid(),),
     )
     try:
-        futures = [pool.submit(_train_in_worker, *task, device, sets) for task in tasks]
+        futures = [pool.submit(_train_in_worker, *task, device) for task in tasks]
         for future in futures:
             done(future.result())
     except BaseException as exc:
@@ -160,21 +166,24 @@ def run_bench(
     runs_root: Path = RUNS_ROOT,
     sets: list[str] | None = None,
     on_result=None,
+    preset: str | None = None,
 ) -> Path:
     """Train seeds 1..``seeds`` of every env (``jobs`` processes at once) and write the bench folder;
-    ``sets`` are ``key=value`` overrides applied to every env's preset."""
-    sets = sets or []
+    every env starts from ``preset`` if given (else its own), and ``sets`` are ``key=value`` overrides
+    applied over it."""
     from dqn_cli.plotting import plot_runs
     from dqn_cli.training import check_trainable
 
     check_seed(seeds, "--seeds")  # seeds 1..seeds
+    resolved: dict[str, tuple[str, Hyperparameters]] = {}  # what is checked here is what is trained
     for env_id in env_ids:  # every env, preset and memory need is checked before anything is written
         check_env_id(env_id)
-        check_trainable(env_id, resolve(env_id, sets=sets)[1], device)
+        resolved[env_id] = resolve(env_id, sets=sets, preset=preset)
+        check_trainable(env_id, resolved[env_id][1], device)
     bench_dir = runs_root / "bench" / (name or datetime.now().strftime("%Y%m%d-%H%M%S"))
     bench_dir.mkdir(parents=True, exist_ok=True)
-    tasks = [
-        (env_id, seed, bench_dir / f"{env_folder_name(env_id)}-s{seed}")
+    tasks: list[Task] = [
+        (env_id, seed, bench_dir / f"{env_folder_name(env_id)}-s{seed}", *resolved[env_id])
         for env_id in env_ids
         for seed in range(1, seeds + 1)
     ]
@@ -186,10 +195,10 @@ def run_bench(
             on_result(result)
 
     if jobs <= 1:
-        for env_id, seed, run_dir in tasks:
-            done(_train_and_score(env_id, seed, run_dir, device, sets))
+        for task in tasks:
+            done(_train_and_score(*task, device))
     else:
-        _train_in_workers(tasks, jobs, device, sets, done)
+        _train_in_workers(tasks, jobs, device, done)
     write_atomic(bench_dir / "results.md", _table(results, env_ids).encode())
     write_atomic(bench_dir / "results.json", json.dumps([asdict(r) for r in results], indent=2).encode())
     for env_id in env_ids:

@@ -17,6 +17,7 @@ import typer
 from dqn_cli.errors import UserError
 
 MAX_SEED = 2**32 - 1  # runfiles.SEED_LIMIT - 1, not imported: `dqn --help` loads no library module
+VIDEO_FRAMES = 10_000  # `dqn record`'s length limit: a video of an untrained Atari agent stays short
 DEBUG_VARIABLE = "DQN_DEBUG"  # set to 1: an unexpected error shows its traceback, for a bug report
 
 app = typer.Typer(
@@ -39,11 +40,31 @@ RunOrModel = Annotated[
     ),
 ]
 Device = Annotated[str, typer.Option(help="Where the network runs: auto (CUDA if present), cpu or cuda.")]
+PresetName = Annotated[
+    str | None,
+    typer.Option(
+        "--preset",
+        metavar="NAME",
+        help="Start from this shipped preset (`dqn presets` lists them, e.g. atari-cpu) instead of the "
+        "one the env id picks.",
+        show_default=False,
+    ),
+]
 EnvOverride = Annotated[
     str | None,
     typer.Option(
         "--env",
         help="Play on this env id instead of the model's own (same observation shape and action count).",
+        show_default=False,
+    ),
+]
+Epsilon = Annotated[
+    float | None,
+    typer.Option(
+        help="Probability of a random action (0 = greedy). Default: the run's eval_epsilon, as its "
+        "evaluations played (0; 0.05 with the atari preset, as Mnih et al. 2015).",
+        min=0.0,
+        max=1.0,
         show_default=False,
     ),
 ]
@@ -107,6 +128,7 @@ def train(
         int | None,
         typer.Option(help="Environment steps to train for (overrides the preset's n_timesteps).", min=1),
     ] = None,
+    preset: PresetName = None,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -130,7 +152,8 @@ def train(
     device: Device = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
-    """Train a DQN agent with the game's tuned preset (see `dqn presets`) and save the run folder.
+    """Train a DQN agent with the game's tuned preset, or the one --preset names (see `dqn presets`), and
+    save the run folder.
 
     Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and exits 130 (143);
     `dqn train --resume` continues from it. A second Ctrl-C exits at once.
@@ -142,8 +165,10 @@ def train(
 
     held = ExitStack()
     if resume:
-        if config is not None or set_ or run_dir is not None:
-            raise UserError("--resume continues a run with its own config; drop --config/--set/--run-dir")
+        if preset is not None or config is not None or set_ or run_dir is not None:
+            raise UserError(
+                "--resume continues a run with its own config; drop --preset/--config/--set/--run-dir"
+            )
         run = run_to_resume(Path(target) if target else None)
         # Locked before torch is imported or the checkpoint read, so a second writer is refused at once.
         held.enter_context(hold_run_lock(run))
@@ -166,7 +191,7 @@ def train(
             sets = list(set_ or [])
             if steps is not None:
                 sets.append(f"n_timesteps={steps}")
-            preset, hp = resolve_preset(target, config, sets)
+            preset, hp = resolve_preset(target, config, sets, preset)
             set_training_threads(target)
             result = run_training(
                 target, hp, seed=seed, preset=preset, run_dir=run_dir, device=device, quiet=quiet
@@ -214,9 +239,7 @@ def _stops_on_signal(outcome: str) -> Iterator[None]:
 def eval_(
     run_or_model: RunOrModel = None,
     episodes: Annotated[int, typer.Option(help="Number of episodes to play.", min=1)] = 10,
-    epsilon: Annotated[
-        float, typer.Option(help="Probability of a random action (0 = greedy).", min=0.0, max=1.0)
-    ] = 0.0,
+    epsilon: Epsilon = None,
     seed: Annotated[int, typer.Option(help="Seed of the evaluation episodes.", min=0, max=MAX_SEED)] = 0,
     json_: Annotated[
         bool,
@@ -231,18 +254,19 @@ def eval_(
     env: EnvOverride = None,
     device: Device = "auto",
 ) -> None:
-    """Play greedy episodes with a trained model and report the returns."""
+    """Play episodes with a trained model as its evaluations did and report the returns: greedy or with the
+    run's eval_epsilon, each episode ended at eval_max_frames (Atari: 18,000 frames, 5 minutes)."""
     with _stops_on_signal("no returns were reported"):
         import numpy as np
 
-        from dqn_cli.evaluation import make_policy, play_rendered, prepare_play_process
+        from dqn_cli.evaluation import play_rendered, prepare_play_process
         from dqn_cli.progress import EpisodeProgress
 
         prepare_play_process()
         trained = _load(run_or_model, final, device, env)
         if render:
-            policy = make_policy(trained.q_network, trained.n_actions, epsilon, seed, trained.device)
-            returns = play_rendered(policy, trained.env_id, episodes, seed)
+            policy = trained.policy(seed, epsilon)
+            returns = play_rendered(policy, trained.env_id, episodes, seed, trained.hyperparameters)
         else:
             with EpisodeProgress(f"eval {trained.env_id}", episodes) as progress:
                 returns = trained.score(episodes, seed, epsilon, progress.advance)
@@ -278,27 +302,56 @@ def record(
             "Default: videos/<model>-<time>.mp4."
         ),
     ] = None,
-    epsilon: Annotated[float, typer.Option(help="Probability of a random action.", min=0.0, max=1.0)] = 0.0,
+    epsilon: Epsilon = None,
     seed: Annotated[int, typer.Option(help="Seed of the filmed episodes.", min=0, max=MAX_SEED)] = 0,
+    max_frames: Annotated[
+        int,
+        typer.Option(help="Length limit of the video in frames; an episode in progress there is cut.", min=1),
+    ] = VIDEO_FRAMES,
+    best_of: Annotated[
+        int,
+        typer.Option(
+            help="Play N episodes (seeds SEED to SEED+N-1) unfilmed, then film only the highest-scoring one.",
+            min=1,
+        ),
+    ] = 1,
     final: Final = False,
     env: EnvOverride = None,
     device: Device = "auto",
 ) -> None:
-    """Film greedy episodes of a trained model to an mp4 or gif and print its path."""
+    """Film episodes of a trained model, played as its evaluations were, to an mp4 or gif and print its
+    path; the returns go to stderr."""
+    if best_of > 1 and episodes > 1:
+        raise UserError("--best-of films one episode, the best of N; drop --episodes")
     with _stops_on_signal("nothing was written"):
-        from dqn_cli.evaluation import make_policy, prepare_play_process, record_video, video_path
+        from dqn_cli.evaluation import prepare_play_process, record_video, video_path
         from dqn_cli.progress import EpisodeProgress
 
         prepare_play_process(filming=True)
         trained = _load(run_or_model, final, device, env)
         path = video_path(trained.path, out)
-        policy = make_policy(trained.q_network, trained.n_actions, epsilon, seed, trained.device)
-        with EpisodeProgress(f"record {trained.env_id}", episodes) as progress:
-            returns, frames = record_video(
-                policy, trained.env_id, episodes, seed, path, trained.hyperparameters, progress.advance
+        policy = trained.policy(seed, epsilon)
+        played_episodes = episodes if best_of == 1 else best_of + 1  # the best is played twice
+        with EpisodeProgress(f"record {trained.env_id}", played_episodes) as progress:
+            played = record_video(
+                policy,
+                trained.env_id,
+                episodes,
+                seed,
+                path,
+                trained.hyperparameters,
+                progress.advance,
+                max_frames,
+                best_of,
             )
     typer.echo(str(path))
-    print(f"{frames} frames, returns {', '.join(f'{r:.1f}' for r in returns)}", file=sys.stderr)
+    summary = f"{played.frames} frames, returns {', '.join(f'{r:.1f}' for r in played.returns)}"
+    if played.candidates:
+        scored = ", ".join(f"{r:.1f}" for r in played.candidates)
+        summary += f" (seed {played.seed}, the best of {best_of} episodes scored: {scored})"
+    if played.cut:
+        summary += f"; cut at --max-frames {max_frames}: the last return counts only what was filmed"
+    print(summary, file=sys.stderr)
 
 
 @app.command()
@@ -309,6 +362,7 @@ def bench(
     ],
     seeds: Annotated[int, typer.Option(help="Seeds per env (1..N).", min=1, max=MAX_SEED)] = 5,
     jobs: Annotated[int, typer.Option(help="Runs trained at once, each in its own process.", min=1)] = 1,
+    preset: PresetName = None,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a hyperparameter of every env's preset, key=value. Repeatable."),
@@ -318,7 +372,8 @@ def bench(
     ] = None,
     device: Device = "auto",
 ) -> None:
-    """Train N seeds of each env with its preset; write a results table and learning curves.
+    """Train N seeds of each env with its preset (or all with --preset's); write a results table and
+    learning curves.
 
     Output: runs/bench/<name>/ with a run folder per seed, results.md, results.json and <env>-curves.png.
     """
@@ -334,7 +389,9 @@ def bench(
         from dqn_cli.bench import WorkerDied, run_bench
 
         try:
-            bench_dir = run_bench(env_ids, seeds, jobs, name, device, sets=set_, on_result=report)
+            bench_dir = run_bench(
+                env_ids, seeds, jobs, name, device, sets=set_, on_result=report, preset=preset
+            )
         except WorkerDied as exc:
             _fail(str(exc), code=1)
     typer.echo((bench_dir / "results.md").read_text())
@@ -344,21 +401,38 @@ def bench(
 @app.command()
 @user_errors
 def presets(
+    name: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="NAME",
+            help="Show this preset as written in its file: a comment saying what it is for, then its "
+            "key = value pairs (keys it leaves out keep the defaults that --keys lists). The output works "
+            "as a --config file.",
+            show_default=False,
+        ),
+    ] = None,
     keys: Annotated[
         bool, typer.Option("--keys", help="List every hyperparameter key with its default.")
     ] = False,
 ) -> None:
-    """List the shipped presets (env ids with tuned hyperparameters), or the hyperparameter keys."""
+    """List the shipped presets, each with what it is for; show one (NAME); or list the hyperparameter
+    keys (--keys). `dqn train`, `bench` and `tune` take any of them with --preset NAME."""
     from dqn_cli.hyperparameters import Hyperparameters
-    from dqn_cli.presets import available_presets
+    from dqn_cli.presets import available_presets, preset_description, preset_text
 
     if keys:
+        if name is not None:
+            raise UserError("give a preset NAME or --keys, not both")
         defaults = Hyperparameters().to_dict()
-        for name, doc in Hyperparameters.docs().items():
-            typer.echo(f"{name:24} {defaults[name]!s:12} {doc}")
-        return
-    for name in available_presets():
-        typer.echo(name)
+        for key, doc in Hyperparameters.docs().items():
+            typer.echo(f"{key:24} {defaults[key]!s:12} {doc}")
+    elif name is not None:
+        typer.echo(preset_text(name), nl=False)
+    else:
+        names = available_presets()
+        width = max(map(len, names))
+        for shipped in names:
+            typer.echo(f"{shipped:{width}}  {preset_description(shipped)}")
 
 
 def _number(value: float | None, digits: int = 1) -> str:
@@ -476,22 +550,31 @@ def tune(
         Path | None,
         typer.Option(help="Search space TOML file. Default: the space shipped for the game's family."),
     ] = None,
+    preset: PresetName = None,
     device: Device = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result.")] = False,
 ) -> None:
-    """Search hyperparameters with Optuna: each trial is an ordinary run, pruned early when its evaluations
-    trail the others'. Prints the best parameters and writes them as a preset for `dqn train --config`."""
+    """Search hyperparameters with Optuna: each trial is an ordinary run from the game's preset (or
+    --preset's) with sampled values over it, pruned early when its evaluations trail the others'. Prints
+    the best parameters and writes them as a preset for `dqn train --config`."""
     with _stops_on_signal("finished trials are kept in the study, stopped ones are marked failed"):
         from dqn_cli.tuning import WorkerFailed, prepare, shown_storage
         from dqn_cli.tuning import tune as run_study
 
         job = prepare(
-            env_id, trials, storage=storage, study=study, space_file=space, device=device, quiet=quiet
+            env_id,
+            trials,
+            storage=storage,
+            study=study,
+            space_file=space,
+            device=device,
+            quiet=quiet,
+            preset=preset,
         )
         if not quiet:
             typer.echo(
                 f"Study {job.study} in {shown_storage(job.storage)}: {trials} trials, {jobs} worker(s), "
-                f"search space {job.space.name}"
+                f"preset {job.preset}, search space {job.space.name}"
             )
         try:
             result = run_study(job, jobs)

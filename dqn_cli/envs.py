@@ -106,18 +106,24 @@ def _check_spaces(env_id: str, action_space: gym.Space, observation_space: gym.S
         )
 
 
-def make_vector_env(env_id: str, n_envs: int, hp: Any = None) -> gym.vector.VectorEnv:
+def make_vector_env(
+    env_id: str, n_envs: int, hp: Any = None, max_frames: int | None = None
+) -> gym.vector.VectorEnv:
     """Vector env that resets finished episodes in the same step and reports the true final observation.
 
     Same-step autoreset keeps one transition per env step, as Stable-Baselines3 counts them; the final
     observation (in ``info["final_obs"]``) is what a time-limit truncation must bootstrap from. Atari ids
     get ale-py's vector env with the preprocessing that ``hp`` (a run's hyperparameters) asks for.
+    ``max_frames`` truncates episodes there (emulator frames for Atari, env steps otherwise) where the env's
+    own limit is longer: evaluation's bound. Training passes none and keeps the env's episodes as they are.
     """
     check_env_id(env_id)
     if n_envs > MAX_ENVS:
         raise UserError(f"n_envs = {n_envs:,}: at most {MAX_ENVS:,} envs are stepped in one process")
     if is_atari(env_id):
-        return _created(env_id, lambda: make_atari_vector_env(AtariSettings.for_env(env_id, hp), n_envs))
+        return _created(
+            env_id, lambda: make_atari_vector_env(AtariSettings.for_env(env_id, hp, max_frames), n_envs)
+        )
     envs = _created(
         env_id,
         lambda: gym.make_vec(
@@ -125,6 +131,7 @@ def make_vector_env(env_id: str, n_envs: int, hp: Any = None) -> gym.vector.Vect
             num_envs=n_envs,
             vectorization_mode="sync",
             vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+            **_time_limit(env_id, max_frames),
         ),
     )
     try:
@@ -151,12 +158,21 @@ def display_available() -> bool:
     )
 
 
-def make_single_env(env_id: str, render_mode: str | None = None) -> gym.Env:
-    """One env for watching (``human``) or filming (``rgb_array``) an agent play (not Atari: see atari.py)."""
+def _time_limit(env_id: str, max_steps: int | None) -> dict[str, int]:
+    """``gym.make``'s argument for episodes of at most ``max_steps``: it replaces the spec's time limit, so
+    a shorter spec limit is kept; never lengthened."""
+    if max_steps is None:
+        return {}
+    own = gym.registry[env_id].max_episode_steps
+    return {"max_episode_steps": max_steps if own is None else min(own, max_steps)}
+
+
+def make_single_env(env_id: str, render_mode: str | None = None, max_steps: int | None = None) -> gym.Env:
+    """One env for watching (``human``) or filming (``rgb_array``) an agent play (not Atari: see atari.py),
+    its episodes truncated at ``max_steps`` where the env's own limit is longer."""
     check_env_id(env_id)
-    if render_mode == "human" and not display_available():
-        raise UserError("--render needs a display, and none is available (DISPLAY is not set)")
-    env = _created(env_id, lambda: gym.make(env_id, render_mode=render_mode))
+    limit = _time_limit(env_id, max_steps)
+    env = _created(env_id, lambda: gym.make(env_id, render_mode=render_mode, **limit))
     try:
         _check_spaces(env_id, env.action_space, env.observation_space)
     except UserError:

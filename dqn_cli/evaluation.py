@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import subprocess
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from contextlib import ExitStack, closing, contextmanager, suppress
+from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import takewhile
 from pathlib import Path
@@ -20,8 +22,8 @@ import torch
 from torch import nn
 
 from dqn_cli.agent import epsilon_greedy
-from dqn_cli.atari import AtariSettings, FilmedAtariEnv, is_atari
-from dqn_cli.envs import check_env_fits, make_single_env, make_vector_env
+from dqn_cli.atari import NATIVE_SCREEN, AtariSettings, FilmedAtariEnv, is_atari
+from dqn_cli.envs import check_env_fits, display_available, make_single_env, make_vector_env
 from dqn_cli.errors import UserError
 from dqn_cli.hyperparameters import Hyperparameters, saved_hyperparameters
 from dqn_cli.networks import build_q_network, resolve_device
@@ -30,6 +32,7 @@ from dqn_cli.runfiles import LoadedModel, load_model, resolve_model_path
 Policy = Callable[[np.ndarray], np.ndarray]
 EpisodeHook = Callable[[], None]
 MAX_PARALLEL_EVAL_ENVS = 16
+WINDOW_SCALE = 3  # `dqn eval --render` shows an Atari screen, 160x210, in a 480x630 window
 
 
 @dataclass
@@ -45,8 +48,9 @@ class TrainedModel:
         return int(self.meta["network"]["n_actions"])  # checked by load_trained
 
     def score(
-        self, episodes: int, seed: int, epsilon: float = 0.0, on_episode: EpisodeHook | None = None
+        self, episodes: int, seed: int, epsilon: float | None = None, on_episode: EpisodeHook | None = None
     ) -> list[float]:
+        """``score_policy`` of this model; ``epsilon`` defaults to the run's ``eval_epsilon``."""
         return score_policy(
             self.q_network,
             self.n_actions,
@@ -58,6 +62,11 @@ class TrainedModel:
             epsilon,
             on_episode,
         )
+
+    def policy(self, seed: int, epsilon: float | None = None) -> EpsilonGreedy:
+        """What `dqn eval --render` and `dqn record` play: by default, what evaluation plays."""
+        chosen = _evaluation_epsilon(self.hyperparameters, epsilon)
+        return make_policy(self.q_network, self.n_actions, chosen, seed, self.device)
 
     @property
     def hyperparameters(self) -> Hyperparameters:
@@ -144,10 +153,13 @@ def prepare_play_process(filming: bool = False) -> None:
     """Call once where `dqn eval` or `dqn record` starts (process-wide settings, so no constructor does it).
     Playing feeds a few observations at a time: one thread is fastest, and spinning worker threads would
     slow to a crawl whenever another process (a training run) holds the other cores. Filming renders
-    off-screen, which needs no window system."""
+    off-screen, which needs no window system. Watching on X uses X only: where the display cannot be
+    reached, SDL would fall back to drawing off-screen and play with no window; so it fails in one line."""
     torch.set_num_threads(1)
     if filming:
         os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    elif sys.platform == "linux" and os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        os.environ.setdefault("SDL_VIDEODRIVER", "x11")
 
 
 def video_path(model_path: Path, out: Path | None) -> Path:
@@ -180,17 +192,36 @@ def _cannot_write(path: Path, exc: OSError) -> UserError:
     return UserError(f"cannot write {path}: {exc.strerror or exc}")
 
 
+@dataclass
+class EpsilonGreedy:
+    """Batch of observations -> actions; epsilon > 0 adds seeded random actions (e.g. 0.05 for Atari).
+    Its generator is in sight so that an episode can be played again exactly (`dqn record --best-of`)."""
+
+    q_network: nn.Module
+    n_actions: int
+    epsilon: float
+    rng: np.random.Generator
+    device: torch.device
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        return epsilon_greedy(self.q_network, obs, self.epsilon, self.n_actions, self.rng, self.device)
+
+
 def make_policy(
     q_network: nn.Module, n_actions: int, epsilon: float, seed: int, device: torch.device
-) -> Policy:
-    """Batch of observations -> actions; epsilon > 0 adds seeded random actions (e.g. 0.05 for Atari)."""
-    rng = np.random.default_rng(seed)
+) -> EpsilonGreedy:
     q_network.eval()
+    return EpsilonGreedy(q_network, n_actions, epsilon, np.random.default_rng(seed), device)
 
-    def act(obs: np.ndarray) -> np.ndarray:
-        return epsilon_greedy(q_network, obs, epsilon, n_actions, rng, device)
 
-    return act
+def _evaluation_epsilon(hp: Hyperparameters | None, asked: float | None) -> float:
+    """``asked``, or the run's ``eval_epsilon``: a model plays as it is evaluated unless told otherwise."""
+    return (hp or Hyperparameters()).eval_epsilon if asked is None else asked
+
+
+def _episode_cap(hp: Hyperparameters | None) -> int:
+    """``eval_max_frames``: every evaluated, watched or filmed episode ends there at the latest."""
+    return (hp or Hyperparameters()).eval_max_frames
 
 
 def score_policy(
@@ -201,12 +232,13 @@ def score_policy(
     episodes: int,
     seed: int,
     device: torch.device,
-    epsilon: float = 0.0,
+    epsilon: float | None = None,
     on_episode: EpisodeHook | None = None,
 ) -> list[float]:
     """Returns of ``episodes`` episodes of the (epsilon-)greedy policy of ``q_network``: how training,
-    `dqn eval` and `dqn bench` all score a model. The seed fixes both the episodes and the random actions."""
-    policy = make_policy(q_network, n_actions, epsilon, seed, device)
+    `dqn eval` and `dqn bench` all score a model, by default with the run's ``eval_epsilon`` and
+    ``eval_max_frames``. The seed fixes both the episodes and the random actions."""
+    policy = make_policy(q_network, n_actions, _evaluation_epsilon(hp, epsilon), seed, device)
     return evaluate(policy, env_id, episodes, seed, hp, on_episode)
 
 
@@ -218,15 +250,16 @@ def evaluate(
     hp: Hyperparameters | None = None,
     on_episode: EpisodeHook | None = None,
 ) -> list[float]:
-    """Undiscounted return (raw game score) of ``episodes`` full episodes, played in parallel envs
-    seeded from ``seed``; ``hp`` carries the training run's Atari preprocessing, ``on_episode`` runs as
-    each counted episode ends (a progress bar).
+    """Undiscounted return (raw game score) of ``episodes`` episodes, played in parallel envs seeded from
+    ``seed``, each to its end or to ``eval_max_frames`` (then truncated, its return so far counted); ``hp``
+    carries that cap and the training run's Atari preprocessing, ``on_episode`` runs as each counted
+    episode ends (a progress bar).
 
     Env ``i`` of ``k`` plays episodes ``i, i+k, ...``, so the result depends only on (policy, seed, episodes).
     """
     n_envs = min(episodes, MAX_PARALLEL_EVAL_ENVS)
     quota = [len(range(i, episodes, n_envs)) for i in range(n_envs)]
-    envs = make_vector_env(env_id, n_envs, hp)
+    envs = make_vector_env(env_id, n_envs, hp, _episode_cap(hp))
     try:
         obs, _ = envs.reset(seed=seed)
         running = np.zeros(n_envs)
@@ -246,99 +279,192 @@ def evaluate(
     return [finished[e % n_envs][e // n_envs] for e in range(episodes)]
 
 
-def play_rendered(policy: Policy, env_id: str, episodes: int, seed: int) -> list[float]:
-    """Play in a window (human render mode) so the user can watch."""
-    if is_atari(env_id):
-        raise UserError("--render is not available for Atari games; `dqn record` films the game instead")
-    env = make_single_env(env_id, render_mode="human")
+def play_rendered(
+    policy: Policy, env_id: str, episodes: int, seed: int, hp: Hyperparameters | None = None
+) -> list[float]:
+    """Play in a window so the user can watch: the env's own (human render mode), or for Atari, whose
+    vector env has none, the filming camera's colour frames in a window of ours. Episodes end at
+    ``eval_max_frames``, as evaluation's do."""
+    if not display_available():
+        raise UserError("--render needs a display, and none is available (DISPLAY is not set)")
     try:
-        returns = []
-        for episode in range(episodes):
-            obs, _ = env.reset(seed=seed + episode)
-            total, done = 0.0, False
-            while not done:
-                obs, reward, terminated, truncated, _ = env.step(int(policy(obs[None])[0]))
-                total += float(reward)
-                done = terminated or truncated
-            returns.append(total)
-        return returns
+        with ExitStack() as opened:
+            env = opened.enter_context(closing(filmed_env(env_id, hp, render_mode="human")))
+            if is_atari(env_id):
+                show = opened.enter_context(closing(_GameWindow(env_id, env.fps))).show
+            else:
+                show = _drawn_by_the_env
+            return _play_episodes(env, policy, episodes, seed, show).returns
     except Exception as exc:  # pygame/SDL failures surface as assorted exception types
         if isinstance(exc, UserError):
             raise
         raise UserError(
             f"cannot open a game window: {str(exc).splitlines()[0] if str(exc) else exc!r}"
         ) from None
-    finally:
-        env.close()
+
+
+def _drawn_by_the_env(frame: None) -> None:
+    """A human-mode env draws its window as it steps: nothing is left to show."""
+
+
+class _GameWindow:
+    """A pygame window for the Atari screen: each colour frame scaled up, shown at the game's speed."""
+
+    def __init__(self, title: str, fps: int) -> None:
+        import pygame
+
+        pygame.display.init()
+        height, width = NATIVE_SCREEN
+        self._screen = pygame.display.set_mode((width * WINDOW_SCALE, height * WINDOW_SCALE))
+        pygame.display.set_caption(title)
+        self._pygame, self._clock, self._fps = pygame, pygame.time.Clock(), fps
+
+    def show(self, frame: np.ndarray) -> None:
+        pygame = self._pygame
+        image = pygame.surfarray.make_surface(frame.swapaxes(0, 1))  # pygame indexes (x, y)
+        self._screen.blit(pygame.transform.scale(image, self._screen.get_size()), (0, 0))
+        pygame.event.pump()  # a window that takes no events is "not responding"
+        pygame.display.flip()
+        self._clock.tick(self._fps)
+
+    def close(self) -> None:
+        self._pygame.display.quit()
 
 
 class _FilmedEnv:
-    """A gymnasium env in ``rgb_array`` mode behind the interface of ``FilmedAtariEnv``."""
+    """A gymnasium env behind the interface of ``FilmedAtariEnv``. In ``rgb_array`` mode its frames are
+    the rendered screens; in ``human`` mode it draws its own window as it steps and gives no frames."""
 
-    def __init__(self, env_id: str) -> None:
-        self.env = make_single_env(env_id, render_mode="rgb_array")
+    def __init__(self, env_id: str, max_steps: int, render_mode: str) -> None:
+        self.env = make_single_env(env_id, render_mode, max_steps)
         self.fps = int(self.env.metadata.get("render_fps") or 30)
 
-    def reset(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        obs, _ = self.env.reset(seed=seed)
-        return obs[None], self.env.render()
+    def _frame(self) -> np.ndarray | None:
+        return self.env.render() if self.env.render_mode == "rgb_array" else None
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, float, bool, np.ndarray]:
+    def reset(self, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+        obs, _ = self.env.reset(seed=seed)
+        return obs[None], self._frame()
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, float, bool, np.ndarray | None]:
         obs, reward, terminated, truncated, _ = self.env.step(int(actions[0]))
-        return obs[None], float(reward), terminated or truncated, self.env.render()
+        return obs[None], float(reward), terminated or truncated, self._frame()
 
     def close(self) -> None:
         self.env.close()
 
 
-def filmed_env(env_id: str, hp: Hyperparameters | None = None) -> _FilmedEnv | FilmedAtariEnv:
-    """An env that gives the agent its observations and the camera a colour frame after every step."""
+def filmed_env(
+    env_id: str, hp: Hyperparameters | None = None, render_mode: str = "rgb_array"
+) -> _FilmedEnv | FilmedAtariEnv:
+    """An env that gives the agent its observations and the camera a colour frame after every step (for
+    Atari, whatever ``render_mode``), its episodes capped at ``eval_max_frames`` as evaluation's are."""
     if is_atari(env_id):
-        return FilmedAtariEnv(AtariSettings.for_env(env_id, hp))
-    return _FilmedEnv(env_id)
+        return FilmedAtariEnv(AtariSettings.for_env(env_id, hp, _episode_cap(hp)))
+    return _FilmedEnv(env_id, _episode_cap(hp), render_mode)
+
+
+@dataclass
+class Played:
+    """Episodes played one after another, each frame shown (filmed, or drawn in a window)."""
+
+    returns: list[float]  # one per episode started; the last counts only what was shown when ``cut``
+    frames: int
+    cut: bool  # ``max_frames`` stopped play before the episodes asked for were over
+    seed: int  # the first episode's
+    candidates: list[float] = field(default_factory=list)  # best-of: the returns the first was chosen from
+
+
+def _play_episodes(
+    env: _FilmedEnv | FilmedAtariEnv,
+    policy: Policy,
+    episodes: int,
+    seed: int,
+    show: Callable[[Any], None],
+    max_frames: float = math.inf,
+    on_episode: EpisodeHook | None = None,
+) -> Played:
+    """Play episodes ``seed, seed + 1, ...``, giving ``show`` each one's reset frame and a frame per step,
+    until ``episodes`` are over or ``max_frames`` were shown."""
+    returns: list[float] = []
+    frames = 0
+    for episode in range(episodes):
+        if frames == max_frames:
+            return Played(returns, frames, True, seed)
+        obs, frame = env.reset(seed=seed + episode)
+        show(frame)
+        frames += 1
+        total, done = 0.0, False
+        while not done:
+            if frames == max_frames:
+                return Played([*returns, total], frames, True, seed)
+            obs, reward, done, frame = env.step(policy(obs))
+            show(frame)
+            frames += 1
+            total += reward
+        returns.append(total)
+        if on_episode is not None:
+            on_episode()
+    return Played(returns, frames, False, seed)
+
+
+def _best_episode(
+    policy: EpsilonGreedy,
+    env_id: str,
+    candidates: int,
+    seed: int,
+    hp: Hyperparameters | None,
+    on_episode: EpisodeHook | None,
+) -> tuple[int, list[float]]:
+    """Score episodes ``seed .. seed + candidates - 1`` one by one, unfilmed, and leave ``policy``'s
+    generator as it was when the best began: the env is deterministic given its seed and the actions, so
+    filming that seed plays the best episode again. Returns its seed and every return."""
+    starts: list[dict[str, Any]] = []
+    returns: list[float] = []
+    for episode in range(candidates):
+        starts.append(policy.rng.bit_generator.state)
+        returns += evaluate(policy, env_id, 1, seed + episode, hp, on_episode)
+    best = int(np.argmax(returns))
+    policy.rng.bit_generator.state = starts[best]
+    return seed + best, returns
 
 
 def record_video(
-    policy: Policy,
+    policy: EpsilonGreedy,
     env_id: str,
     episodes: int,
     seed: int,
     out_path: Path,
     hp: Hyperparameters | None = None,
     on_episode: EpisodeHook | None = None,
-) -> tuple[list[float], int]:
+    max_frames: float = math.inf,
+    best_of: int = 1,
+) -> Played:
     """Film ``episodes`` episodes into an mp4 or gif: the rendered game, for Atari the full-colour screen.
 
-    Each episode contributes its reset frame plus one frame per step. Returns (returns, frame count).
+    Each episode contributes its reset frame plus one frame per step, ``max_frames`` in all at most (the
+    episode in progress there is cut), and ends at ``eval_max_frames`` as evaluation's do. ``best_of`` > 1
+    first scores that many episodes from ``seed`` unfilmed, then films the best from its own seed.
     The video appears at ``out_path`` only once complete: an error or an interrupt leaves nothing behind
     (no partial file, no folder made for it), and the error is the file system's or the encoder's own.
     """
+    candidates: list[float] = []
+    if best_of > 1:
+        seed, candidates = _best_episode(policy, env_id, best_of, seed, hp, on_episode)
     env = filmed_env(env_id, hp)
-    returns, frames = [], 0
     try:
         with _staged_file(out_path) as tmp_path:
             writer = (_GifWriter if out_path.suffix == ".gif" else _Mp4Writer)(tmp_path, env.fps, out_path)
             try:
-                for episode in range(episodes):
-                    obs, frame = env.reset(seed=seed + episode)
-                    writer.append(frame)
-                    frames += 1
-                    total, done = 0.0, False
-                    while not done:
-                        obs, reward, done, frame = env.step(policy(obs))
-                        writer.append(frame)
-                        frames += 1
-                        total += reward
-                    returns.append(total)
-                    if on_episode is not None:
-                        on_episode()
+                played = _play_episodes(env, policy, episodes, seed, writer.append, max_frames, on_episode)
                 writer.finish()
             except BaseException:
                 writer.abort()
                 raise
     finally:
         env.close()
-    return returns, frames
+    played.candidates = candidates
+    return played
 
 
 @contextmanager

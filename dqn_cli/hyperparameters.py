@@ -92,7 +92,11 @@ class Hyperparameters:
     exploration_fraction: float = _hp(0.1, UNIT_FLOAT, "fraction of n_timesteps over which epsilon decays")
     exploration_initial_eps: float = _hp(1.0, UNIT_FLOAT, "epsilon at the start")
     exploration_final_eps: float = _hp(0.05, UNIT_FLOAT, "epsilon after the decay")
-    max_grad_norm: float = _hp(10.0, POSITIVE_FLOAT, "gradient-norm clipping threshold")
+    max_grad_norm: float = _hp(
+        10.0,
+        Rule(float, _positive, "a number > 0, or inf", allow_infinity=True),
+        "gradient-norm clipping threshold; inf = no clipping (CleanRL's DQN)",
+    )
     net_arch: list[int] = _hp(
         [64, 64], Rule(list, _layer_sizes, "a list of layer sizes >= 1, e.g. [256, 256]"), "hidden layers"
     )
@@ -111,6 +115,19 @@ class Hyperparameters:
     n_envs: int = _hp(1, POSITIVE_INT, "environments stepped in parallel while collecting")
     eval_freq: int = _hp(10_000, NON_NEGATIVE_INT, "env steps between greedy evaluations; 0 = never")
     eval_episodes: int = _hp(10, POSITIVE_INT, "episodes per periodic evaluation")
+    eval_epsilon: float = _hp(
+        0.0,
+        UNIT_FLOAT,
+        "chance of a random action in every evaluation (training's, dqn bench, eval and record); "
+        "0 = greedy, as RL Zoo evaluates; the atari preset uses Mnih et al. 2015's 0.05",
+    )
+    eval_max_frames: int = _hp(
+        18_000,
+        POSITIVE_INT,
+        "an evaluated, watched or filmed episode ends (truncated, its return counted) after this many "
+        "emulator frames: agent steps x frame_skip for Atari, env steps otherwise; 18,000 = Nature DQN's "
+        "5 minutes. Never beyond the env's own limit; training episodes keep theirs",
+    )
     checkpoint_freq: int = _hp(
         50_000,
         NON_NEGATIVE_INT,

@@ -1,13 +1,17 @@
 """The TOML presets shipped with the package, and how a run's hyperparameters are resolved from them.
 
-A value is resolved in layers: built-in defaults, then the env's preset, then ``--config FILE``, then
-each ``--set key=value``. Everything is checked before a run folder is created, so bad input never leaves
-files behind. Presets know env ids (the Atari fallback), so this sits above the schema, never below it.
+A value is resolved in layers: built-in defaults, then the env's preset (or the one ``--preset`` names),
+then ``--config FILE``, then each ``--set key=value``. Everything is checked before a run folder is
+created, so bad input never leaves files behind. Presets know env ids (the Atari fallback), so this sits
+above the schema, never below it.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from importlib import resources
+from itertools import takewhile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,8 @@ from dqn_cli.runfiles import (
 
 DEFAULT_PRESET = "default"
 ATARI_PRESET = "atari"
+ATARI_CPU_PRESET = "atari-cpu"
+SENTENCE_END = re.compile(r"(?<=\.)\s+(?=[A-Z])")  # a full stop before a capital: not "et al. 2015"
 
 
 def preset_name_for(env_id: str) -> str:
@@ -40,11 +46,26 @@ def available_presets() -> list[str]:
     return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
+def preset_text(name: str) -> str:
+    """The preset's file as shipped: a comment saying what it is for, then its key = value pairs."""
+    names = available_presets()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UserError(f"no preset named {name!r}; {hint}available: {', '.join(names)}")
+    return (resources.files("dqn_cli") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
+
+
 def load_preset(name: str) -> dict[str, Any]:
-    if name not in available_presets():
-        raise UserError(f"no preset named {name!r}; available: {', '.join(available_presets())}")
-    text = (resources.files("dqn_cli") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
-    return parse_untrusted_toml(text, f"preset {name}")
+    return parse_untrusted_toml(preset_text(name), f"preset {name}")
+
+
+def preset_description(name: str) -> str:
+    """The first sentence of the preset's leading comment, without the ``NAME:`` it may open with (a
+    listing shows the name beside it)."""
+    lines = takewhile(lambda line: line.startswith("#"), preset_text(name).splitlines())
+    comment = " ".join(line.lstrip("# ").strip() for line in lines)
+    return SENTENCE_END.split(comment, maxsplit=1)[0].removeprefix(f"{name}: ")
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
@@ -62,10 +83,11 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
 
 def resolve(
-    env_id: str, config_file: Path | None = None, sets: list[str] | None = None
+    env_id: str, config_file: Path | None = None, sets: list[str] | None = None, preset: str | None = None
 ) -> tuple[str, Hyperparameters]:
-    """The preset's name and the fully validated hyperparameters for a training run."""
-    preset = preset_name_for(env_id)
+    """The preset's name and the fully validated hyperparameters for a training run: ``preset`` (any
+    shipped one, by name) or else the env id's own."""
+    preset = preset or preset_name_for(env_id)
     hp = apply_overrides(Hyperparameters(), load_preset(preset))
     if config_file is not None:
         hp = apply_overrides(hp, load_config_file(config_file))

@@ -9,6 +9,7 @@ The schedule counts env steps summed over the envs (``phases_due``): after ``lea
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ from dqn_cli.runfiles import (
 )
 from dqn_cli.runlock import hold_run_lock
 from dqn_cli.session import LoopState, RunSession
+from dqn_cli.speed import StepCosts, is_long_cpu_schedule, measure_step_costs, schedule_warning
 from dqn_cli.state import Stateful
 
 EVAL_SEED_OFFSET = 10_000  # periodic evaluations use episodes the training envs never see
@@ -231,6 +233,15 @@ class Trainer:
     def close(self) -> None:
         self.rollout.close()
 
+    def step_costs(self) -> StepCosts:
+        """This run's env and gradient step times here, from a probe of throwaway copies; every random
+        stream of the run is as it was after it, so the same seed still gives the same run."""
+        streams = self.random.state_dict()
+        try:
+            return measure_step_costs(self.env_id, self.hp, self.agent.online, self.device)
+        finally:
+            self.random.load_state_dict(streams)
+
     def parts(self) -> dict[str, Stateful]:
         """Everything a checkpoint holds, by name."""
         return {
@@ -317,7 +328,8 @@ class Trainer:
             self.agent.update_target()
 
     def evaluate(self, session: RunSession, on_evaluation: EvaluationHook | None) -> None:
-        """Score the greedy policy on episodes the training envs never play; keep the best model."""
+        """Score the policy on episodes the training envs never play, as `dqn eval` does (``eval_epsilon``,
+        episodes capped at ``eval_max_frames``); keep the best model."""
         s = self.state
         returns = score_policy(
             self.agent.online,
@@ -380,6 +392,17 @@ class Trainer:
             )
 
 
+def announce(trainer: Trainer, preset: str) -> None:
+    """A session's first line names the preset in use (runs saved before presets were recorded name
+    none); where an Atari schedule would take days on this CPU, a warning says how long, as measured."""
+    if preset:
+        print(f"Preset {preset} for {trainer.env_id} (dqn presets {preset} shows it)", flush=True)
+    steps_left = trainer.hp.n_timesteps - trainer.state.step
+    if is_long_cpu_schedule(trainer.env_id, steps_left, trainer.device):
+        warning = schedule_warning(trainer.step_costs(), trainer.hp, steps_left, preset)
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+
+
 def train(
     env_id: str,
     hp: Hyperparameters,
@@ -400,6 +423,8 @@ def train(
     torch_device = resolve_device(device)
     trainer = Trainer(env_id, hp, seed, preset, torch_device)  # validates everything, writes nothing
     try:
+        if not quiet:  # before the folder is made: a Ctrl-C during the probe leaves nothing behind
+            announce(trainer, preset)
         with create_run_dir(env_id, seed, run_dir, runs_root) as run_dir:  # locked while it is written
             write_config(
                 run_dir,
@@ -437,6 +462,8 @@ def resume(
         trainer = Trainer(config["env_id"], hp, config["seed"], config.get("preset", ""), torch_device)
         try:
             exact = trainer.restore(checkpoint.state, run_dir / CHECKPOINT_FILE)
+            if not quiet:
+                announce(trainer, config.get("preset", ""))
             if steps is not None:  # only once the checkpoint is known to fit
                 saved_info = {k: v for k, v in config.items() if k != "hyperparameters"}
                 write_config(run_dir, saved_info, hp.to_dict())

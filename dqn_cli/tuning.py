@@ -96,17 +96,20 @@ def prepare(
     runs_root: Path = RUNS_ROOT,
     device: str = "auto",
     quiet: bool = False,
+    preset: str | None = None,
 ) -> TuneJob:
-    """Check everything a study needs before any file or database is touched."""
+    """Check everything a study needs before any file or database is touched. Trials start from
+    ``preset`` (else the env id's own) with the space's [fixed], then its sampled, values over it."""
     from dqn_cli.envs import check_env_id
     from dqn_cli.training import check_trainable
 
     check_env_id(env_id)
-    study = study or f"{env_folder_name(env_id)}-{datetime.now():%Y%m%d-%H%M%S}"
+    preset_name, hp = resolve(env_id, preset=preset)
+    named = f"{env_folder_name(env_id)}-{preset}" if preset else env_folder_name(env_id)
+    study = study or f"{named}-{datetime.now():%Y%m%d-%H%M%S}"
     if not STUDY_NAME.fullmatch(study):
         raise UserError(f"study name {study!r} may use only letters, digits, '.', '_' and '-'")
     space = space_for(env_id) if space_file is None else load_space(space_file)
-    preset, hp = resolve(env_id)
     base = apply_overrides(hp, space.fixed)
     if base.eval_freq <= 0:
         raise UserError("tuning scores trials by their evaluations: eval_freq must be > 0")
@@ -115,7 +118,7 @@ def prepare(
     if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
         raise UserError("an in-memory SQLite study lives in one process only; give a file: sqlite:///FILE.db")
     check_trainable(env_id, base, device)  # the env can be made here, DQN can play it, it fits in memory
-    return TuneJob(env_id, preset, base, space, storage, study, n_trials, runs_root, device, quiet)
+    return TuneJob(env_id, preset_name, base, space, storage, study, n_trials, runs_root, device, quiet)
 
 
 def tune(job: TuneJob, jobs: int = 1) -> TuneResult:
@@ -124,14 +127,28 @@ def tune(job: TuneJob, jobs: int = 1) -> TuneResult:
     import optuna
 
     with _study_lock(job):  # a fresh database gets its tables once, not by two workers at a time
-        optuna.create_study(
+        study = optuna.create_study(
             study_name=job.study, storage=open_storage(job.storage), direction="maximize", load_if_exists=True
         )
+        _keep_one_preset(study, job)
     if jobs == 1:
         work(job)
     else:
         _run_workers(job, jobs)
     return summarize(job)
+
+
+def _keep_one_preset(study: optuna.Study, job: TuneJob) -> None:
+    """A study's trials all start from one preset, or its pruner and its best trial would compare unlike
+    runs: the first `dqn tune` of a study records its preset, and continuing it with another is refused."""
+    recorded = study.user_attrs.get("preset")
+    if recorded is None:
+        study.set_user_attr("preset", job.preset)
+    elif recorded != job.preset:
+        raise UserError(
+            f"study {job.study} starts its trials from preset {recorded}, not {job.preset}: continue it "
+            f"with --preset {recorded}, or start a new --study"
+        )
 
 
 def parse_storage_url(url: str) -> sqlalchemy.engine.URL:

@@ -20,3 +20,18 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     preset, hp = resolve("CartPole-v1", sets=TINY)
     train("CartPole-v1", hp, seed=3, preset=preset, run_dir=run_dir, device="cpu", quiet=True)
     return run_dir
+
+
+UNTRAINED_ATARI = "ALE/Breakout-v5"
+UNTRAINED = ["n_timesteps=64", "learning_starts=999", "buffer_size=999", "eval_freq=0", "eval_max_frames=400"]
+
+
+@pytest.fixture(scope="session")
+def untrained_atari_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An Atari run with the atari preset that ended before its first update. Its play need never end a
+    game (Breakout waits for FIRE to serve again), so only eval_max_frames (400 frames, 100 agent steps
+    here) bounds its episodes."""
+    run_dir = tmp_path_factory.mktemp("atari") / "run"
+    preset, hp = resolve(UNTRAINED_ATARI, sets=UNTRAINED)
+    train(UNTRAINED_ATARI, hp, seed=0, preset=preset, run_dir=run_dir, device="cpu", quiet=True)
+    return run_dir

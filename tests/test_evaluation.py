@@ -14,7 +14,7 @@ def test_every_evaluated_and_recorded_episode_is_reported_once(tiny_run: Path, t
     assert len(returns) == 5 and reported == ["eval"] * 5
 
     reported.clear()
-    returns, _ = record_video(
+    returns = record_video(
         policy, "CartPole-v1", 2, 0, tmp_path / "two.mp4", on_episode=lambda: reported.append("rec")
-    )
+    ).returns
     assert len(returns) == 2 and reported == ["rec"] * 2

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 POLE_COLOR = (202, 152, 101)  # gymnasium's CartPole paints its pole in this colour
+BRICK_COLOURS = [(200, 72, 72), (198, 108, 58), (180, 122, 48), (162, 162, 42), (72, 160, 72), (66, 72, 200)]
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def x_server(tmp_path: Path):
     picks a free display number itself and writes it to ``-displayfd`` once it accepts clients."""
     read_end, write_end = os.pipe()
     server = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_end), "-screen", "0", "800x600x24", "-fbdir", str(tmp_path)],
+        ["Xvfb", "-displayfd", str(write_end), "-screen", "0", "1024x768x24", "-fbdir", str(tmp_path)],
         pass_fds=(write_end,),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -55,13 +56,14 @@ def screen_pixels(xwd_file: Path) -> np.ndarray:
     return np.stack([(pixels >> 16) & 255, (pixels >> 8) & 255, pixels & 255], axis=-1).astype(np.uint8)
 
 
-def test_eval_render_draws_the_game_in_a_window(tiny_run: Path, tmp_path: Path, x_server):
+def watched_window(run: Path, title: str, cwd: Path, x_server) -> np.ndarray:
+    """What `dqn eval RUN --render` draws in its window called ``title``, once it has played a moment."""
     display, framebuffer = x_server
     # Without SDL_VIDEODRIVER: filming in this process (record_video) sets it to "dummy", no windows.
     env = {k: v for k, v in os.environ.items() if k != "SDL_VIDEODRIVER"} | {"DISPLAY": display}
     player = subprocess.Popen(
-        [sys.executable, "-m", "dqn_cli", "eval", str(tiny_run), "--render", "--episodes", "1000"],
-        cwd=tmp_path,
+        [sys.executable, "-m", "dqn_cli", "eval", str(run), "--render", "--episodes", "1000"],
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -73,17 +75,33 @@ def test_eval_render_draws_the_game_in_a_window(tiny_run: Path, tmp_path: Path, 
         while window is None and time.monotonic() < deadline and player.poll() is None:
             listing = subprocess.run(["xwininfo", "-root", "-tree"], env=env, capture_output=True, text=True)
             tree = listing.stdout
-            window = re.search(r'"pygame window".*?(\d+)x(\d+)\+(\d+)\+(\d+)', tree)
+            window = re.search(rf'"{re.escape(title)}".*?(\d+)x(\d+)\+(\d+)\+(\d+)', tree)
             time.sleep(0.1)
         ended = player.poll() is not None
         assert window is not None, player.stderr.read() if ended else f"no game window in:\n{tree}"
         width, height, x, y = map(int, window.groups())
-        assert (width, height) == (600, 400)  # CartPole's screen
         time.sleep(0.5)  # let a few frames be drawn
         drawn = screen_pixels(framebuffer)[y : y + height, x : x + width]
+        while len(np.unique(drawn.reshape(-1, 3), axis=0)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)  # a window opened before its game's first frame (an emulator is still starting)
+            drawn = screen_pixels(framebuffer)[y : y + height, x : x + width]
+        return drawn
     finally:
         player.kill()  # SDL turns SIGTERM into a quit event that the game loop never reads
         player.wait(timeout=10)
+
+
+def test_eval_render_draws_the_game_in_a_window(tiny_run: Path, tmp_path: Path, x_server):
+    drawn = watched_window(tiny_run, "pygame window", tmp_path, x_server)
+    assert drawn.shape[:2] == (400, 600)  # CartPole's screen
     white = np.all(drawn == 255, axis=-1).mean()
     pole = np.all(drawn == POLE_COLOR, axis=-1).sum()
     assert white > 0.8 and pole > 100  # the white scene with the pole on it, not a blank window
+
+
+@pytest.mark.slow
+def test_eval_render_shows_an_atari_game_in_colour(untrained_atari_run: Path, tmp_path: Path, x_server):
+    drawn = watched_window(untrained_atari_run, "ALE/Breakout-v5", tmp_path, x_server)
+    assert drawn.shape[:2] == (630, 480)  # the 210x160 screen, three times as large
+    bricks = [np.all(drawn == colour, axis=-1).sum() for colour in BRICK_COLOURS]
+    assert min(bricks) > 1_000  # each row of bricks in its colour, not a grayscale or blank window
