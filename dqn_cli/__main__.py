@@ -1,5 +1,5 @@
 """`python -m dqn_cli` runs the `dqn` command."""
 
-from dqn_cli.cli import main
+from dqn_cli import main
 
 main()
