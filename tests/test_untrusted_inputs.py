@@ -617,4 +617,22 @@ def test_fuzzed_files_are_refused_in_one_line_or_used(tiny_run: Path, tmp_path: 
         before = tree(case)
         result = run_dqn(*command, cwd=case)
         check_outcome(command, result, before, tree(case))
+        _tally(name, how, command[0], result)
         shutil.rmtree(case)
+
+
+TALLY_VARIABLE = "DQN_FUZZ_TALLY"  # a file path: each fuzzed command's outcome is appended there
+
+
+def _tally(name: str, how: str, command: str, result: Result) -> None:
+    """With ``DQN_FUZZ_TALLY`` set, one JSON line per fuzzed command: the counts in README's Reliability
+    table come from these lines."""
+    path = os.environ.get(TALLY_VARIABLE)
+    if not path:
+        return
+    outcome = {0: "ok", 2: "exit 2"}.get(result.returncode, f"exit {result.returncode}")
+    if command == "runs":
+        outcome = "listed, warning" if result.stderr.strip() else "listed"
+    line = {"file": name, "how": how, "command": command, "outcome": outcome}
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line) + "\n")
