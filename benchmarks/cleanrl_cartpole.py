@@ -30,8 +30,9 @@ learning_starts 10,000, train_frequency 10, seed 1. What still differs:
 - Logging runs as each tool ships it: CleanRL prints every episode and writes TensorBoard scalars per
   episode and every 100 steps; `dqn` writes metrics.csv, TensorBoard means per 1,000 steps, a
   checkpoint every 50,000 steps and the final model.
-- Threads: `dqn` trains classic control on one torch thread (`training.set_training_threads`); CleanRL
-  leaves torch's default, one per core. Both processes get OMP_NUM_THREADS=1, so both use one thread.
+- Threads: each tool as it ships. `dqn` trains classic control on one torch thread
+  (`training.set_training_threads`); CleanRL leaves torch's default, one per core. The environment of
+  neither process is changed: a peer run in a setting of ours measures ours, not the peer.
 - Device: CPU for both (`--device cpu`, `--cuda False`).
 
 Each round runs `dqn` then CleanRL with seed = the round number (1 = CleanRL's default), each a whole
@@ -47,7 +48,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import re
 import statistics
 import subprocess
@@ -101,7 +101,6 @@ DQN_FIXED = {
     "prioritized_replay": False,
     "eval_freq": 0,
 }
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 SOLVED = 475.0
 
 
@@ -126,7 +125,7 @@ def toml_value(value: Any) -> str:
 def run(command: list[str], cwd: Path) -> tuple[float, str]:
     """Wall time of the whole process, and its stdout; its stderr if it fails."""
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, env=ONE_THREAD, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -195,7 +194,8 @@ def main() -> None:
         f"CleanRL {cleanrl['version']} `cleanrl/dqn.py`, its defaults: {config}; MLP 120-84, MSE, "
         "no gradient clipping, Adam. dqn: the same via `--set` "
         f"({', '.join(f'{k}={toml_value(v)}' for k, v in settings.items())}). "
-        "One env and one torch thread each (OMP_NUM_THREADS=1), CPU; whole processes, start-up included; "
+        "One env each, threads as each tool ships (dqn 1, CleanRL torch's default), CPU; whole processes, "
+        "start-up included; "
         "differences and choices in the script's docstring.",
         "",
         "| seed | dqn wall (s) | dqn env steps/s | dqn last 100 train ep | dqn final model, 20 greedy ep "
