@@ -1,8 +1,8 @@
 """`dqn bench`: train several seeds per env with the shipped presets and summarise them in one folder.
 
 ``runs/bench/<name>/`` gets a run folder per (env, seed), ``results.md`` (a markdown table: mean ± std of
-the final 20-episode evaluation, env steps, wall time), ``results.json`` and one learning-curve PNG
-per env (mean over seeds with a min-max band).
+the final 20-episode evaluation, env steps, wall time; for Atari games also human-normalized scores and
+their aggregate), ``results.json`` and one learning-curve PNG per env (mean over seeds with a min-max band).
 """
 
 from __future__ import annotations
@@ -19,11 +19,15 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+
+from dqn_cli.atari import is_atari
 from dqn_cli.envs import check_env_id
 from dqn_cli.hyperparameters import Hyperparameters
 from dqn_cli.interrupts import Interrupted, die_with_parent, stop_processes
 from dqn_cli.presets import resolve
 from dqn_cli.runfiles import RUNS_ROOT, check_seed, env_folder_name, write_atomic
+from dqn_cli.scores import CONFIDENCE, SCORES_FILE, atari_game, baselines, interval_estimates
 
 Task = tuple[str, int, Path, str, Hyperparameters]  # env id, seed, run folder, preset name, its values
 
@@ -75,15 +79,72 @@ def _train_and_score(
     )
 
 
-def _spread(values: list[float]) -> str:
-    return f"{statistics.mean(values):.1f} ± {statistics.pstdev(values):.1f} ({min(values):.1f})"
+def _spread(values: list[float], digits: int = 1) -> str:
+    mean, std = statistics.mean(values), statistics.pstdev(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f} ({min(values):.{digits}f})"
+
+
+def _normalized(result: SeedResult) -> float | None:
+    """The best model's score on its game's human-normalized scale; None where the game has none."""
+    scale = baselines(result.env_id)
+    return None if scale is None else scale.normalize(result.best_model_return)
+
+
+def _json_row(result: SeedResult) -> dict:
+    """An Atari game's row also holds its human-normalized score (null where the game has none)."""
+    row = asdict(result)
+    if is_atari(result.env_id):
+        row["human_normalized"] = _normalized(result)
+    return row
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def _normalized_summary(results: list[SeedResult], env_ids: list[str]) -> list[str]:
+    """Paragraphs under the per-env table: the aggregate over every (seed, game) run that has a
+    human-normalized score, and a note for each Atari game that has none."""
+    scored = [env_id for env_id in env_ids if baselines(env_id) is not None]
+    paragraphs = []
+    if scored:
+        scores = np.array([[_normalized(r) for r in results if r.env_id == env_id] for env_id in scored]).T
+        estimates = interval_estimates(scores).items()
+        summary = ", ".join(f"{name} {e.value:.2f} [{e.low:.2f}, {e.high:.2f}]" for name, e in estimates)
+        seeds, games = scores.shape
+        paragraphs.append(
+            f"Human-normalized score of the best models over {_count(scores.size, 'run')} "
+            f"({_count(seeds, 'seed')} of {_count(games, 'Atari game')}), with {CONFIDENCE:.0%} "
+            f"stratified-bootstrap confidence intervals (Agarwal et al. 2021): {summary}."
+        )
+    paragraphs += [
+        f"Note: {env_id} has no human-normalized score (-): {SCORES_FILE} has no random and human scores "
+        f"for its game, {atari_game(env_id)}, so it is left out of the aggregate."
+        for env_id in env_ids
+        if is_atari(env_id) and env_id not in scored
+    ]
+    return [line for paragraph in paragraphs for line in ("", paragraph)]
 
 
 def _table(results: list[SeedResult], env_ids: list[str]) -> str:
+    """results.md. A bench with Atari games gets a human-normalized column and its aggregate; the
+    tables of other benches are as before."""
+    normalizing = any(is_atari(env_id) for env_id in env_ids)
+
+    def row(*cells: str, normalized: str) -> str:
+        return "| " + " | ".join([*cells, normalized] if normalizing else cells) + " |"
+
     lines = [
-        f"| env | seeds | best model, {FINAL_EVAL_EPISODES} evaluation episodes: mean ± std (min) "
-        "| final model: mean ± std (min) | env steps (mean) | wall time per seed (mean) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        row(
+            "env",
+            "seeds",
+            f"best model, {FINAL_EVAL_EPISODES} evaluation episodes: mean ± std (min)",
+            "final model: mean ± std (min)",
+            "env steps (mean)",
+            "wall time per seed (mean)",
+            normalized="best model, human-normalized: mean ± std (min)",
+        ),
+        row(*["---"] * 6, normalized="---"),
     ]
     for env_id in env_ids:
         rows = [r for r in results if r.env_id == env_id]
@@ -91,17 +152,43 @@ def _table(results: list[SeedResult], env_ids: list[str]) -> str:
         final = [r.final_model_return for r in rows]
         steps = statistics.mean(r.steps for r in rows)
         wall = statistics.mean(r.wall_time for r in rows)
+        scale = baselines(env_id)
         lines.append(
-            f"| {env_id} | {len(rows)} | {_spread(best)} | {_spread(final)} | {steps:,.0f} | {wall:.1f} s |"
+            row(
+                env_id,
+                str(len(rows)),
+                _spread(best),
+                _spread(final),
+                f"{steps:,.0f}",
+                f"{wall:.1f} s",
+                normalized="-" if scale is None else _spread([scale.normalize(b) for b in best], digits=2),
+            )
         )
+    if normalizing:
+        lines += _normalized_summary(results, env_ids)
     lines += [
         "",
-        "| env | seed | best model | final model | env steps | wall time |",
-        "| --- | --- | --- | --- | --- | --- |",
+        row(
+            "env",
+            "seed",
+            "best model",
+            "final model",
+            "env steps",
+            "wall time",
+            normalized="human-normalized",
+        ),
+        row(*["---"] * 6, normalized="---"),
     ]
     lines += [
-        f"| {r.env_id} | {r.seed} | {r.best_model_return:.1f} | {r.final_model_return:.1f} | {r.steps:,} "
-        f"| {r.wall_time:.1f} s |"
+        row(
+            r.env_id,
+            str(r.seed),
+            f"{r.best_model_return:.1f}",
+            f"{r.final_model_return:.1f}",
+            f"{r.steps:,}",
+            f"{r.wall_time:.1f} s",
+            normalized="-" if (n := _normalized(r)) is None else f"{n:.2f}",
+        )
         for r in results
     ]
     return "\n".join(lines) + "\n"
@@ -200,7 +287,7 @@ def run_bench(
     else:
         _train_in_workers(tasks, jobs, device, done)
     write_atomic(bench_dir / "results.md", _table(results, env_ids).encode())
-    write_atomic(bench_dir / "results.json", json.dumps([asdict(r) for r in results], indent=2).encode())
+    write_atomic(bench_dir / "results.json", json.dumps([_json_row(r) for r in results], indent=2).encode())
     for env_id in env_ids:
         runs = [Path(r.run_dir) for r in results if r.env_id == env_id]
         plot_runs(runs, out=bench_dir / f"{env_folder_name(env_id)}-curves.png")
