@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,11 +16,15 @@ from dqn_cli.replay import Batch
 from dqn_cli.state import State, nest, section
 
 
-def greedy_actions(q_network: nn.Module, obs: np.ndarray, device: torch.device) -> np.ndarray:
-    """argmax_a Q(obs, a) for a batch of observations, without building an autograd graph."""
+def q_values(q_network: nn.Module, obs: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Q(obs, ·) for a batch of observations, without building an autograd graph."""
     with torch.inference_mode():
-        q_values = q_network(torch.as_tensor(obs, device=device))
-    return q_values.argmax(dim=1).cpu().numpy()
+        return q_network(torch.as_tensor(obs, device=device))
+
+
+def greedy_actions(q_network: nn.Module, obs: np.ndarray, device: torch.device) -> np.ndarray:
+    """argmax_a Q(obs, a) for a batch of observations."""
+    return q_values(q_network, obs, device).argmax(dim=1).cpu().numpy()
 
 
 def epsilon_greedy(
@@ -34,7 +39,38 @@ def epsilon_greedy(
     explore = rng.random(len(obs)) < epsilon
     if explore.all():
         return rng.integers(0, n_actions, size=len(obs))
-    actions = greedy_actions(q_network, obs, device)
+    return _randomized(greedy_actions(q_network, obs, device), explore, n_actions, rng)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An epsilon-greedy choice for a batch of observations, with what it was made from."""
+
+    actions: np.ndarray  # (N,)
+    q_values: np.ndarray  # (N, n_actions) float32: the network's output the greedy actions are the argmax of
+    random: np.ndarray  # (N,) bool: the action was drawn uniformly (probability epsilon), not the argmax
+
+
+def epsilon_greedy_decision(
+    q_network: nn.Module,
+    obs: np.ndarray,
+    epsilon: float,
+    n_actions: int,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> Decision:
+    """``epsilon_greedy``, keeping the Q-values (`dqn record --overlay` draws them). The network runs even
+    where every action is random, so each observation has them; ``rng`` gives exactly what it gives
+    ``epsilon_greedy``, so both choose the same actions."""
+    explore = rng.random(len(obs)) < epsilon
+    values = q_values(q_network, obs, device).float().cpu().numpy()
+    return Decision(_randomized(values.argmax(axis=1), explore, n_actions, rng), values, explore)
+
+
+def _randomized(
+    actions: np.ndarray, explore: np.ndarray, n_actions: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``actions`` with a uniform random action wherever ``explore``."""
     if explore.any():
         actions[explore] = rng.integers(0, n_actions, size=int(explore.sum()))
     return actions

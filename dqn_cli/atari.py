@@ -10,17 +10,32 @@ scores and whole games, which is what evaluation and metrics need.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from dqn_cli.errors import UserError
 from dqn_cli.hyperparameters import Hyperparameters
 
 ALE_ENTRY_POINT = "ale_py.env:AtariEnv"
 NATIVE_SCREEN = (210, 160)  # every Atari 2600 game's screen, height x width
 FRAMES_PER_SECOND = 60  # the console's frame rate
+# What ale-py's vector env takes that is the game's, not the DQN pipeline's: the env kwargs an Atari run may
+# set, each with the type it must have.
+ATARI_ENV_KWARGS: dict[str, type] = {"full_action_space": bool, "max_num_frames_per_episode": int}
+# The vector env's (and AtariEnv's) arguments that dqn sets from a hyperparameter.
+SET_BY_HYPERPARAMETER = {
+    "frameskip": "frame_skip",
+    "repeat_action_probability": "repeat_action_probability",
+    "noop_max": "noop_max",
+    "stack_num": "frame_stack",
+    "reward_clipping": "clip_reward",
+    "episodic_life": "terminal_on_life_loss",
+}
 
 
 def register_atari_ids() -> None:
@@ -54,9 +69,10 @@ class AtariSettings:
         cls, env_id: str, hp: Hyperparameters | None = None, max_frames: int | None = None
     ) -> AtariSettings:
         """``hp``: a run's hyperparameters; without one, the defaults (the DQN paper's pipeline).
-        ``max_frames`` ends episodes sooner than the id's own cap (evaluation's ``eval_max_frames``)."""
+        ``max_frames`` ends episodes sooner than the id's own cap (evaluation's ``eval_max_frames``). The
+        env kwargs ``hp`` holds replace the id's own settings of the same name (``ATARI_ENV_KWARGS``)."""
         hp = hp or Hyperparameters()
-        spec_kwargs = gym.registry[env_id].kwargs
+        spec_kwargs = gym.registry[env_id].kwargs | _checked_env_kwargs(env_id, hp.env_kwargs)
         sticky = hp.repeat_action_probability
         own_cap = spec_kwargs.get("max_num_frames_per_episode", 108_000)
         return cls(
@@ -74,6 +90,28 @@ class AtariSettings:
     @property
     def video_fps(self) -> int:
         return max(1, round(FRAMES_PER_SECOND / self.frame_skip))
+
+
+def _checked_env_kwargs(env_id: str, env_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The env kwargs an Atari run can have: ale-py's vector env, which makes every Atari env here, takes
+    only ``ATARI_ENV_KWARGS`` of the game's settings (not AtariEnv's ``mode`` or ``difficulty``), and those
+    of the DQN pipeline are hyperparameters. Anything else is one line, naming what to do instead."""
+    for key, value in env_kwargs.items():
+        if key in SET_BY_HYPERPARAMETER:
+            raise UserError(
+                f"env kwarg {key!r} of {env_id} is the hyperparameter {SET_BY_HYPERPARAMETER[key]} here; "
+                f"set it with --set {SET_BY_HYPERPARAMETER[key]}=..."
+            )
+        if key not in ATARI_ENV_KWARGS:
+            raise UserError(
+                f"{env_id} takes no env kwarg {key!r} here: dqn plays Atari through ale-py's vector env, "
+                f"which takes {', '.join(ATARI_ENV_KWARGS)}"
+            )
+        wanted = ATARI_ENV_KWARGS[key]
+        if type(value) is not wanted or (wanted is int and value < 1):
+            kind = "true or false" if wanted is bool else "an integer >= 1"
+            raise UserError(f"env kwarg {key} of {env_id} must be {kind}, got {value!r}")
+    return dict(env_kwargs)
 
 
 def make_atari_vector_env(settings: AtariSettings, n_envs: int, colour: bool = False) -> gym.vector.VectorEnv:

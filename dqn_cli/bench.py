@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from dqn_cli.atari import is_atari
+from dqn_cli.envpackages import env_source, import_packages
 from dqn_cli.envs import check_env_id
 from dqn_cli.hyperparameters import Hyperparameters
 from dqn_cli.interrupts import Interrupted, die_with_parent, stop_processes
@@ -29,7 +30,8 @@ from dqn_cli.presets import resolve
 from dqn_cli.runfiles import RUNS_ROOT, check_seed, env_folder_name, write_atomic
 from dqn_cli.scores import CONFIDENCE, SCORES_FILE, atari_game, baselines, interval_estimates
 
-Task = tuple[str, int, Path, str, Hyperparameters]  # env id, seed, run folder, preset name, its values
+# env id, seed, run folder, preset name, its values, the modules that register the env (--gym-packages)
+Task = tuple[str, int, Path, str, Hyperparameters, tuple[str, ...]]
 
 FINAL_EVAL_EPISODES = 20
 FINAL_EVAL_SEED = 0  # the same episodes `dqn eval` plays by default
@@ -50,22 +52,37 @@ class WorkerDied(RuntimeError):
     """A worker process ended without handing back its run (killed, out of memory)."""
 
 
-def _evaluation_mean(run_dir: Path, final: bool) -> float:
+def _evaluation_mean(run_dir: Path, final: bool, gym_packages: tuple[str, ...]) -> float:
     """As `dqn eval` scores a model: the run's eval_epsilon (0.05 for Atari, else greedy) and frame cap."""
     from dqn_cli.evaluation import load_trained
 
-    returns = load_trained(run_dir, final=final, device="cpu").score(FINAL_EVAL_EPISODES, FINAL_EVAL_SEED)
-    return statistics.mean(returns)
+    trained = load_trained(run_dir, final=final, device="cpu", gym_packages=gym_packages)
+    return statistics.mean(trained.score(FINAL_EVAL_EPISODES, FINAL_EVAL_SEED))
 
 
 def _train_and_score(
-    env_id: str, seed: int, run_dir: Path, preset: str, hp: Hyperparameters, device: str
+    env_id: str,
+    seed: int,
+    run_dir: Path,
+    preset: str,
+    hp: Hyperparameters,
+    gym_packages: tuple[str, ...],
+    device: str,
 ) -> SeedResult:
     from dqn_cli.training import TrainingInterrupted, set_training_threads, train
 
     set_training_threads(env_id)  # this worker process trains one run after another
     try:
-        result = train(env_id, hp, seed=seed, preset=preset, run_dir=run_dir, device=device, quiet=True)
+        result = train(
+            env_id,
+            hp,
+            seed=seed,
+            preset=preset,
+            run_dir=run_dir,
+            device=device,
+            quiet=True,
+            gym_packages=gym_packages,
+        )
     except TrainingInterrupted as exc:  # checkpointed: the bench stops as at Ctrl-C anywhere else
         raise Interrupted(exc.exit_code - 128) from None
     return SeedResult(
@@ -74,8 +91,8 @@ def _train_and_score(
         str(run_dir),
         result.steps,
         result.wall_time,
-        _evaluation_mean(run_dir, final=False),
-        _evaluation_mean(run_dir, final=True),
+        _evaluation_mean(run_dir, False, gym_packages),
+        _evaluation_mean(run_dir, True, gym_packages),
     )
 
 
@@ -203,12 +220,18 @@ def _start_worker(parent_pid: int) -> None:
 
 
 def _train_in_worker(
-    env_id: str, seed: int, run_dir: Path, preset: str, hp: Hyperparameters, device: str
+    env_id: str,
+    seed: int,
+    run_dir: Path,
+    preset: str,
+    hp: Hyperparameters,
+    gym_packages: tuple[str, ...],
+    device: str,
 ) -> SeedResult:
     """``_train_and_score`` in a pool worker. A worker whose run a signal stopped exits rather than take
     the next run from the pool's queue: the bench is being stopped."""
     try:
-        return _train_and_score(env_id, seed, run_dir, preset, hp, device)
+        return _train_and_score(env_id, seed, run_dir, preset, hp, gym_packages, device)
     except Interrupted as exc:
         os._exit(exc.exit_code)
 
@@ -254,23 +277,30 @@ def run_bench(
     sets: list[str] | None = None,
     on_result=None,
     preset: str | None = None,
+    env_kwargs: list[str] | None = None,
+    gym_packages: list[str] | None = None,
 ) -> Path:
     """Train seeds 1..``seeds`` of every env (``jobs`` processes at once) and write the bench folder;
     every env starts from ``preset`` if given (else its own), and ``sets`` are ``key=value`` overrides
-    applied over it."""
+    applied over it, then ``env_kwargs``. ``gym_packages`` are imported first (see envpackages); an id may
+    also name its module, ``mygym:MyEnv-v0``."""
     from dqn_cli.plotting import plot_runs
     from dqn_cli.training import check_trainable
 
     check_seed(seeds, "--seeds")  # seeds 1..seeds
+    sources = [env_source(env_id, gym_packages or []) for env_id in env_ids]
+    env_ids = [source.env_id for source in sources]
+    packages = {source.env_id: source.packages for source in sources}
     resolved: dict[str, tuple[str, Hyperparameters]] = {}  # what is checked here is what is trained
     for env_id in env_ids:  # every env, preset and memory need is checked before anything is written
+        import_packages(packages[env_id])
         check_env_id(env_id)
-        resolved[env_id] = resolve(env_id, sets=sets, preset=preset)
-        check_trainable(env_id, resolved[env_id][1], device)
+        resolved[env_id] = resolve(env_id, sets=sets, preset=preset, env_kwargs=env_kwargs)
+        check_trainable(env_id, resolved[env_id][1], device, packages[env_id])
     bench_dir = runs_root / "bench" / (name or datetime.now().strftime("%Y%m%d-%H%M%S"))
     bench_dir.mkdir(parents=True, exist_ok=True)
     tasks: list[Task] = [
-        (env_id, seed, bench_dir / f"{env_folder_name(env_id)}-s{seed}", *resolved[env_id])
+        (env_id, seed, bench_dir / f"{env_folder_name(env_id)}-s{seed}", *resolved[env_id], packages[env_id])
         for env_id in env_ids
         for seed in range(1, seeds + 1)
     ]

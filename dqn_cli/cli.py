@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import wraps
+from functools import partial, wraps
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +18,7 @@ from dqn_cli.errors import UserError
 
 MAX_SEED = 2**32 - 1  # runfiles.SEED_LIMIT - 1, not imported: `dqn --help` loads no library module
 VIDEO_FRAMES = 10_000  # `dqn record`'s length limit: a video of an untrained Atari agent stays short
+UNLIMITED_WIDTH = 10_000  # `dqn runs` into a file or a pipe: as wide as its rows
 DEBUG_VARIABLE = "DQN_DEBUG"  # set to 1: an unexpected error shows its traceback, for a bug report
 
 app = typer.Typer(
@@ -26,14 +27,45 @@ app = typer.Typer(
     "Start with `dqn train CartPole-v1`, then `dqn eval` and `dqn record` on the newest run; "
     "`dqn runs` lists runs, `dqn plot` draws them, `dqn tune` searches hyperparameters.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion and --show-completion, for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",
+    # Click's plain help: "markdown" drops every <placeholder> (runs/<env-id>/...), and "rich" prints the
+    # docstrings' line breaks where the source has them.
+    rich_markup_mode=None,
 )
+
+
+def _print_version(show: bool) -> None:
+    if show:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from dqn_cli import __version__
+
+        try:
+            installed = version("dqn-cli")
+        except PackageNotFoundError:  # run from a source tree that pip never installed
+            installed = __version__
+        typer.echo(f"dqn {installed}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print dqn's version and exit."
+        ),
+    ] = False,
+) -> None:
+    # Options of `dqn` itself, given before any command; the app's help stays the one above.
+    pass
+
 
 RunOrModel = Annotated[
     Path | None,
     typer.Argument(
+        metavar="RUN_OR_MODEL",
         help="A run folder (uses its best.safetensors, else model.safetensors) or a .safetensors model file. "
         "Default: the newest run under ./runs.",
         show_default=False,
@@ -72,6 +104,39 @@ Final = Annotated[
     bool,
     typer.Option(
         "--final", help="Use the weights at the end of training instead of the best-evaluated ones."
+    ),
+]
+TrainEnvKwargs = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--env-kwargs",
+        metavar="KEY=VALUE",
+        help="Keyword argument for the env's constructor (RL Zoo's env_kwargs), e.g. --env-kwargs "
+        "continuous=false; the value is TOML, a bare word a string. Repeatable; set over the preset's "
+        "env_kwargs key by key and saved with the run, so eval and record make the same env.",
+        show_default=False,
+    ),
+]
+PlayEnvKwargs = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--env-kwargs",
+        metavar="KEY=VALUE",
+        help="Keyword argument for the env's constructor, replacing the run's own of that key (the run's "
+        "others are kept; with --env, the run's are not used). The value is TOML, a bare word a string. "
+        "Repeatable.",
+        show_default=False,
+    ),
+]
+GymPackages = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--gym-packages",
+        metavar="MODULE",
+        help="Import this module first: a package that registers gymnasium envs (RL Zoo's option). "
+        "Repeatable. An id can name its module too: mygym:MyEnv-v0. Importing runs the module's code: a "
+        "saved run whose env needs a package is played or resumed only when this names it.",
+        show_default=False,
     ),
 ]
 
@@ -132,7 +197,9 @@ def train(
     config: Annotated[
         Path | None,
         typer.Option(
-            help="TOML file of hyperparameters applied over the preset (a run's config.toml works too)."
+            help="TOML file of hyperparameters applied over the preset (a run's config.toml works too), "
+            "or an RL Zoo .yml file such as rl_zoo3/hyperparams/dqn.yml: its entry for the env (else "
+            "'atari' or 'default'), converted; keys with no equivalent are named in one warning line."
         ),
     ] = None,
     set_: Annotated[
@@ -143,6 +210,8 @@ def train(
             "--set learning_rate=1e-3 --set net_arch=[128,128]. Repeatable; applied last.",
         ),
     ] = None,
+    env_kwargs: TrainEnvKwargs = None,
+    gym_packages: GymPackages = None,
     run_dir: Annotated[
         Path | None,
         typer.Option(
@@ -160,14 +229,19 @@ def train(
     """
     from contextlib import ExitStack
 
+    from dqn_cli.envpackages import env_source, naming_options
+    from dqn_cli.progress import log_seconds
     from dqn_cli.runfiles import read_config, run_to_resume
     from dqn_cli.runlock import hold_run_lock
 
+    if not quiet:
+        log_seconds()  # a bad DQN_PROGRESS_SECONDS is refused before anything is written
     held = ExitStack()
     if resume:
-        if preset is not None or config is not None or set_ or run_dir is not None:
+        if preset is not None or config is not None or set_ or env_kwargs or run_dir is not None:
             raise UserError(
-                "--resume continues a run with its own config; drop --preset/--config/--set/--run-dir"
+                "--resume continues a run with its own config; "
+                "drop --preset/--config/--set/--env-kwargs/--run-dir"
             )
         run = run_to_resume(Path(target) if target else None)
         # Locked before torch is imported or the checkpoint read, so a second writer is refused at once.
@@ -177,10 +251,13 @@ def train(
     from dqn_cli.training import resume as resume_training
     from dqn_cli.training import train as run_training
 
+    packages = tuple(gym_packages or [])
     try:
         if resume:
             set_training_threads(str(read_config(run).get("env_id", "")))
-            result, exact = resume_training(run, steps=steps, device=device, quiet=quiet)
+            result, exact = resume_training(
+                run, steps=steps, device=device, quiet=quiet, gym_packages=packages
+            )
             if not exact and not quiet:
                 typer.echo(
                     "Episodes that were in flight restarted: this env's state cannot be saved exactly."
@@ -191,33 +268,54 @@ def train(
             sets = list(set_ or [])
             if steps is not None:
                 sets.append(f"n_timesteps={steps}")
-            preset, hp = resolve_preset(target, config, sets, preset)
-            set_training_threads(target)
+            source = env_source(target, packages)
+            packages = source.packages  # with the module a module:EnvId-v0 id names
+            preset, hp = resolve_preset(
+                source.env_id, config, sets, preset, warn=partial(_say, "warning"), env_kwargs=env_kwargs
+            )
+            set_training_threads(source.env_id)
             result = run_training(
-                target, hp, seed=seed, preset=preset, run_dir=run_dir, device=device, quiet=quiet
+                source.env_id,
+                hp,
+                seed=seed,
+                preset=preset,
+                run_dir=run_dir,
+                device=device,
+                quiet=quiet,
+                gym_packages=packages,
             )
     except TrainingDiverged as exc:
         _fail(f"{exc}; the files saved before it are kept", code=1)
     except TrainingInterrupted as exc:
         typer.echo(
             f"Interrupted at step {exc.step:,}; checkpoint saved in {exc.run_dir}. "
-            f"Resume with: dqn train --resume {exc.run_dir}",
+            f"Resume with: dqn train --resume {exc.run_dir}{naming_options(packages)}",
             err=True,
         )
         raise typer.Exit(exc.exit_code) from None
     finally:
         held.close()
     if not quiet:
+        if result.stopped_early:
+            typer.echo(result.stopped_early)
         best = "-" if result.best_eval is None else f"{result.best_eval:.1f}"
         typer.echo(f"Trained {result.steps:,} steps in {result.wall_time:.1f}s; best eval return {best}")
         typer.echo(f"Run saved in {result.run_dir}")
-        typer.echo(f"Next: dqn eval {result.run_dir}  |  dqn record {result.run_dir}")
+        again = f"{result.run_dir}{naming_options(packages)}"
+        typer.echo(f"Next: dqn eval {again}  |  dqn record {again}")
 
 
-def _load(run_or_model: Path | None, final: bool, device: str, env_id: str | None):
+def _load(
+    run_or_model: Path | None,
+    final: bool,
+    device: str,
+    env_id: str | None,
+    env_kwargs: list[str] | None,
+    gym_packages: list[str] | None,
+):
     from dqn_cli.evaluation import load_trained
 
-    return load_trained(run_or_model, final, device, env_id)
+    return load_trained(run_or_model, final, device, env_id, env_kwargs, gym_packages or [])
 
 
 @contextmanager
@@ -244,7 +342,9 @@ def eval_(
     json_: Annotated[
         bool,
         typer.Option(
-            "--json", help="Print one JSON object: env_id, episodes, mean_return, std_return, returns."
+            "--json",
+            help="Print one JSON object: env_id, episodes, mean_return, std_return, returns (and "
+            "optimal_return on toy-text envs).",
         ),
     ] = False,
     render: Annotated[
@@ -252,10 +352,14 @@ def eval_(
     ] = False,
     final: Final = False,
     env: EnvOverride = None,
+    env_kwargs: PlayEnvKwargs = None,
+    gym_packages: GymPackages = None,
     device: Device = "auto",
 ) -> None:
     """Play episodes with a trained model as its evaluations did and report the returns: greedy or with the
-    run's eval_epsilon, each episode ended at eval_max_frames (Atari: 18,000 frames, 5 minutes)."""
+    run's eval_epsilon, each episode ended at eval_max_frames (Atari: 18,000 frames, 5 minutes). On envs
+    that publish their transition table (FrozenLake, Taxi, CliffWalking) it also prints the optimal
+    policy's expected return over such episodes, by value iteration."""
     with _stops_on_signal("no returns were reported"):
         import numpy as np
 
@@ -263,13 +367,14 @@ def eval_(
         from dqn_cli.progress import EpisodeProgress
 
         prepare_play_process()
-        trained = _load(run_or_model, final, device, env)
+        trained = _load(run_or_model, final, device, env, env_kwargs, gym_packages)
         if render:
             policy = trained.policy(seed, epsilon)
             returns = play_rendered(policy, trained.env_id, episodes, seed, trained.hyperparameters)
         else:
             with EpisodeProgress(f"eval {trained.env_id}", episodes) as progress:
                 returns = trained.score(episodes, seed, epsilon, progress.advance)
+        optimum = trained.optimal_return()
     summary = {
         "env_id": trained.env_id,
         "episodes": episodes,
@@ -280,6 +385,8 @@ def eval_(
         "returns": returns,
         "model": str(trained.path),
     }
+    if optimum is not None:
+        summary["optimal_return"] = optimum
     if json_:
         typer.echo(json.dumps(summary))
         return
@@ -288,6 +395,11 @@ def eval_(
         f"{summary['mean_return']:.2f} ± {summary['std_return']:.2f} "
         f"(min {summary['min_return']:.2f}, max {summary['max_return']:.2f})"
     )
+    if optimum is not None:
+        typer.echo(
+            f"optimal policy's expected return (value iteration): {optimum:.3f}; "
+            f"gap {optimum - summary['mean_return']:.3f}"
+        )
 
 
 @app.command()
@@ -315,8 +427,18 @@ def record(
             min=1,
         ),
     ] = 1,
+    overlay: Annotated[
+        bool,
+        typer.Option(
+            "--overlay",
+            help="Draw beside the game a bar per action: the Q-values the network computed for each frame, "
+            "the chosen action highlighted, the score so far, and whether the action was greedy or random.",
+        ),
+    ] = False,
     final: Final = False,
     env: EnvOverride = None,
+    env_kwargs: PlayEnvKwargs = None,
+    gym_packages: GymPackages = None,
     device: Device = "auto",
 ) -> None:
     """Film episodes of a trained model, played as its evaluations were, to an mp4 or gif and print its
@@ -328,7 +450,7 @@ def record(
         from dqn_cli.progress import EpisodeProgress
 
         prepare_play_process(filming=True)
-        trained = _load(run_or_model, final, device, env)
+        trained = _load(run_or_model, final, device, env, env_kwargs, gym_packages)
         path = video_path(trained.path, out)
         policy = trained.policy(seed, epsilon)
         played_episodes = episodes if best_of == 1 else best_of + 1  # the best is played twice
@@ -343,6 +465,7 @@ def record(
                 progress.advance,
                 max_frames,
                 best_of,
+                overlay,
             )
     typer.echo(str(path))
     summary = f"{played.frames} frames, returns {', '.join(f'{r:.1f}' for r in played.returns)}"
@@ -367,6 +490,8 @@ def bench(
         list[str] | None,
         typer.Option("--set", help="Override a hyperparameter of every env's preset, key=value. Repeatable."),
     ] = None,
+    env_kwargs: TrainEnvKwargs = None,
+    gym_packages: GymPackages = None,
     name: Annotated[
         str | None, typer.Option(help="Folder name under runs/bench/ (default: the start time).")
     ] = None,
@@ -390,7 +515,16 @@ def bench(
 
         try:
             bench_dir = run_bench(
-                env_ids, seeds, jobs, name, device, sets=set_, on_result=report, preset=preset
+                env_ids,
+                seeds,
+                jobs,
+                name,
+                device,
+                sets=set_,
+                on_result=report,
+                preset=preset,
+                env_kwargs=env_kwargs,
+                gym_packages=gym_packages,
             )
         except WorkerDied as exc:
             _fail(str(exc), code=1)
@@ -435,20 +569,6 @@ def presets(
             typer.echo(f"{shipped:{width}}  {preset_description(shipped)}")
 
 
-def _number(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
 @app.command()
 @user_errors
 def runs(
@@ -460,19 +580,10 @@ def runs(
     planned, gradient updates, evaluations, time and state (running, finished, interrupted, diverged, or
     pruned by `dqn tune`)."""
     from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
 
-    from dqn_cli.runfiles import RUNS_ROOT, RunState
-    from dqn_cli.runlist import list_runs
+    from dqn_cli.runfiles import RUNS_ROOT
+    from dqn_cli.runlist import RunsView, list_runs
 
-    state_styles = {
-        RunState.FINISHED: "green",
-        RunState.RUNNING: "cyan",
-        RunState.INTERRUPTED: "yellow",
-        RunState.PRUNED: "magenta",
-        RunState.DIVERGED: "red",
-    }
     found = list_runs(RUNS_ROOT, env_id=env)
     for problem in (problem for run in found for problem in run.problems):
         _say("warning", f"{problem}; the run is listed with what could be read")
@@ -480,35 +591,24 @@ def runs(
         where = f" for {env}" if env else ""
         typer.echo(f"No runs{where} under ./runs yet; start one with `dqn train ENV_ID`.")
         return
-    table = Table()
-    table.add_column("run (under runs/)", overflow="fold")  # the path names the game: no env column
-    for numeric in ("steps", "updates", "best eval", "last eval", "wall time"):
-        table.add_column(numeric, justify="right")
-    table.add_column("status", no_wrap=True)
-    for run in found:
-        table.add_row(  # names as plain Text: a "[" in a folder name is not rich markup
-            Text(run.run_dir.relative_to(RUNS_ROOT).as_posix()),  # tells bench/ and tune runs apart
-            f"{_number(run.step, 0)} / {_number(run.planned_steps, 0)}",
-            _number(run.updates, 0),
-            _number(run.best_eval),
-            _number(run.last_eval),
-            _duration(run.wall_time),
-            Text(run.state, style=state_styles[run.state]),
-        )
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:  # a file or a pipe: whole rows, to grep
+        console = Console(width=UNLIMITED_WIDTH)
+    console.print(RunsView(found))
 
 
 @app.command()
 @user_errors
 def plot(
     run_dirs: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Argument(
-            metavar="RUN...",
+            metavar="RUN",
             help="Run folders to draw, or folders holding runs (every run below them), e.g. "
-            "runs/CartPole-v1 or runs/bench/NAME.",
+            "runs/CartPole-v1 or runs/bench/NAME. Default: the newest run under ./runs.",
+            show_default=False,
         ),
-    ],
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -522,9 +622,12 @@ def plot(
 ) -> None:
     """Draw learning curves (episode return vs env steps, evaluations as dots) of runs into one PNG.
     Runs of one game that differ only in seed are drawn as their mean with a min-max band."""
+    from dqn_cli.metrics import METRICS_FILE
     from dqn_cli.plotting import plot_runs
+    from dqn_cli.runfiles import newest_run
 
-    typer.echo(str(plot_runs(run_dirs, out, smooth)))
+    runs = run_dirs or [newest_run(having=(METRICS_FILE,), what=METRICS_FILE)]
+    typer.echo(str(plot_runs(runs, out, smooth)))
 
 
 @app.command()
@@ -551,6 +654,8 @@ def tune(
         typer.Option(help="Search space TOML file. Default: the space shipped for the game's family."),
     ] = None,
     preset: PresetName = None,
+    env_kwargs: TrainEnvKwargs = None,
+    gym_packages: GymPackages = None,
     device: Device = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result.")] = False,
 ) -> None:
@@ -558,6 +663,7 @@ def tune(
     --preset's) with sampled values over it, pruned early when its evaluations trail the others'. Prints
     the best parameters and writes them as a preset for `dqn train --config`."""
     with _stops_on_signal("finished trials are kept in the study, stopped ones are marked failed"):
+        from dqn_cli.envpackages import naming_options
         from dqn_cli.tuning import WorkerFailed, prepare, shown_storage
         from dqn_cli.tuning import tune as run_study
 
@@ -570,6 +676,8 @@ def tune(
             device=device,
             quiet=quiet,
             preset=preset,
+            env_kwargs=env_kwargs,
+            gym_packages=gym_packages,
         )
         if not quiet:
             typer.echo(
@@ -590,7 +698,7 @@ def tune(
     for key, value in best.params.items():
         typer.echo(f"  {key} = {value}")
     typer.echo(f"Preset written to {best.preset_file}")
-    typer.echo(f"Next: dqn train {env_id} --config {best.preset_file}")
+    typer.echo(f"Next: dqn train {job.env_id} --config {best.preset_file}{naming_options(job.gym_packages)}")
 
 
 def main() -> None:
@@ -600,7 +708,7 @@ def main() -> None:
     from typer.exceptions import Abort, TyperException
 
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="dqn")  # also `python -m dqn_cli`: completion keys on it
     except TyperException as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `dqn`: the help is the answer, not an error
             if exc.format_message():  # rich, when installed, has printed it already

@@ -5,11 +5,12 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata
+import inspect
 import os
 import re
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import gymnasium as gym
@@ -18,8 +19,12 @@ from gymnasium.vector import AutoresetMode
 
 from dqn_cli.atari import AtariSettings, is_atari, make_atari_vector_env, register_atari_ids
 from dqn_cli.errors import UserError
+from dqn_cli.hyperparameters import Hyperparameters
+from dqn_cli.minatar import game_state, is_minatar, register_minatar_ids, restore_game_state
+from dqn_cli.observations import one_hot_sizes
 
 Made = TypeVar("Made")
+GYM_MAKE_KWARGS = ("max_episode_steps",)  # gym.make's own that an env kwarg may set: the episode limit
 MAX_ENVS = 1024  # more, stepped one after another in one process, would only take minutes to make
 _WARNED: set[str] = set()  # the warnings env creation has shown in this process
 
@@ -45,6 +50,7 @@ def check_env_id(env_id: str) -> None:
     """Fail with one line when ``env_id`` is not a registered gymnasium id, suggesting close matches
     that can be made here (never one that would only fail on a missing dependency)."""
     register_atari_ids()
+    register_minatar_ids()
     if env_id in gym.registry:
         return
     near = difflib.get_close_matches(env_id, _registered_ids(), n=10, cutoff=0.6)
@@ -100,9 +106,16 @@ def _check_spaces(env_id: str, action_space: gym.Space, observation_space: gym.S
             f"{env_id} has a {type(action_space).__name__} action space; DQN needs a Discrete one "
             "(one Q-value per action)"
         )
-    if not isinstance(observation_space, gym.spaces.Box):
+    categorical = one_hot_sizes(observation_space) is not None
+    if not (categorical or isinstance(observation_space, gym.spaces.Box)):
         raise UserError(
-            f"{env_id} has a {type(observation_space).__name__} observation space; dqn supports Box"
+            f"{env_id} has a {type(observation_space).__name__} observation space; dqn supports Box, "
+            "Discrete and MultiDiscrete"
+        )
+    if categorical and np.any(observation_space.start):
+        raise UserError(
+            f"{env_id}'s {observation_space} observations do not count from 0; dqn one-hot encodes "
+            "categories 0 to n - 1"
         )
 
 
@@ -112,8 +125,9 @@ def make_vector_env(
     """Vector env that resets finished episodes in the same step and reports the true final observation.
 
     Same-step autoreset keeps one transition per env step, as Stable-Baselines3 counts them; the final
-    observation (in ``info["final_obs"]``) is what a time-limit truncation must bootstrap from. Atari ids
-    get ale-py's vector env with the preprocessing that ``hp`` (a run's hyperparameters) asks for.
+    observation (in ``info["final_obs"]``) is what a time-limit truncation must bootstrap from. Every env is
+    made with the ``env_kwargs`` of ``hp`` (a run's hyperparameters); Atari ids get ale-py's vector env with
+    the preprocessing ``hp`` asks for.
     ``max_frames`` truncates episodes there (emulator frames for Atari, env steps otherwise) where the env's
     own limit is longer: evaluation's bound. Training passes none and keeps the env's episodes as they are.
     """
@@ -131,7 +145,7 @@ def make_vector_env(
             num_envs=n_envs,
             vectorization_mode="sync",
             vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
-            **_time_limit(env_id, max_frames),
+            **_make_kwargs(env_id, hp, max_frames),
         ),
     )
     try:
@@ -158,21 +172,63 @@ def display_available() -> bool:
     )
 
 
-def _time_limit(env_id: str, max_steps: int | None) -> dict[str, int]:
-    """``gym.make``'s argument for episodes of at most ``max_steps``: it replaces the spec's time limit, so
-    a shorter spec limit is kept; never lengthened."""
-    if max_steps is None:
-        return {}
-    own = gym.registry[env_id].max_episode_steps
-    return {"max_episode_steps": max_steps if own is None else min(own, max_steps)}
+def _make_kwargs(env_id: str, hp: Hyperparameters | None, max_steps: int | None) -> dict[str, Any]:
+    """``gym.make``'s keyword arguments: the run's ``env_kwargs``, checked, and episodes of at most
+    ``max_steps``. That replaces the env's own limit (the spec's, or the ``max_episode_steps`` env kwarg),
+    so a shorter own limit is kept; never lengthened."""
+    kwargs = dict((hp or Hyperparameters()).env_kwargs)
+    check_env_kwargs(env_id, kwargs)
+    if max_steps is not None:
+        own = kwargs.get("max_episode_steps", gym.registry[env_id].max_episode_steps)
+        kwargs["max_episode_steps"] = max_steps if own is None else min(own, max_steps)
+    return kwargs
 
 
-def make_single_env(env_id: str, render_mode: str | None = None, max_steps: int | None = None) -> gym.Env:
+def _constructor_kwargs(env_id: str) -> set[str] | None:
+    """The keyword arguments the callable behind ``env_id`` takes, or None where it takes any (``**kwargs``)
+    or its signature cannot be read."""
+    entry_point = gym.registry[env_id].entry_point
+    load = gym.envs.registration.load_env_creator
+    creator = load(entry_point) if isinstance(entry_point, str) else entry_point
+    try:
+        parameters = inspect.signature(creator).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: its own error will say
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def check_env_kwargs(env_id: str, env_kwargs: Mapping[str, Any]) -> None:
+    """Refuse, naming it and the env, a kwarg the env does not take, before gymnasium's TypeError, which
+    names neither; and ``render_mode``, which dqn sets (``rgb_array`` to film, ``human`` to watch)."""
+    if "render_mode" in env_kwargs:
+        raise UserError("env kwarg render_mode is set by dqn (rgb_array to film, human to watch); drop it")
+    steps = env_kwargs.get("max_episode_steps")
+    if steps is not None and (type(steps) is not int or steps < 1):
+        raise UserError(f"env kwarg max_episode_steps must be an integer >= 1, got {steps!r}")
+    accepted = _constructor_kwargs(env_id) if env_kwargs else None
+    if accepted is None:
+        return
+    accepted = (accepted - {"render_mode"}) | set(GYM_MAKE_KWARGS)
+    for key in env_kwargs:
+        if key not in accepted:
+            raise UserError(f"{env_id} takes no env kwarg {key!r}; it takes {', '.join(sorted(accepted))}")
+
+
+def make_single_env(
+    env_id: str,
+    render_mode: str | None = None,
+    max_steps: int | None = None,
+    hp: Hyperparameters | None = None,
+) -> gym.Env:
     """One env for watching (``human``) or filming (``rgb_array``) an agent play (not Atari: see atari.py),
-    its episodes truncated at ``max_steps`` where the env's own limit is longer."""
+    made with ``hp``'s env kwargs, its episodes truncated at ``max_steps`` where the env's own limit is
+    longer."""
     check_env_id(env_id)
-    limit = _time_limit(env_id, max_steps)
-    env = _created(env_id, lambda: gym.make(env_id, render_mode=render_mode, **limit))
+    env = _created(
+        env_id, lambda: gym.make(env_id, render_mode=render_mode, **_make_kwargs(env_id, hp, max_steps))
+    )
     try:
         _check_spaces(env_id, env.action_space, env.observation_space)
     except UserError:
@@ -196,26 +252,37 @@ def check_env_fits(env_id: str, meta: dict[str, Any], trained_on: str, hp: Any =
     with (``meta``'s network, checked by the caller): another env asked for, or the one an edited
     model.json names."""
     actual = env_spaces(env_id, hp)
-    want_shape, want_n = meta["network"]["obs_shape"], meta["network"]["n_actions"]
-    have_shape, have_n = actual["observation_space"]["shape"], actual["action_space"]["n"]
-    if (want_shape, want_n) != (have_shape, have_n):
-        has = f"{env_id} has observations {have_shape} and {have_n} actions"
+    network, observed = meta["network"], actual["observation_space"]
+    want = _observations(network["obs_shape"], network.get("one_hot"))
+    have = _observations(observed["shape"], observed.get("one_hot"))
+    want_n, have_n = network["n_actions"], actual["action_space"]["n"]
+    if (want, want_n) != (have, have_n):
+        has = f"{env_id} has {have} and {have_n} actions"
         if env_id != trained_on:
-            raise UserError(
-                f"the model was trained on {trained_on} (observations {want_shape}, {want_n} actions); {has}"
-            )
+            raise UserError(f"the model was trained on {trained_on} ({want}, {want_n} actions); {has}")
         raise UserError(
-            f"the model's network takes observations {want_shape} and {want_n} actions, but {has} "
+            f"the model's network takes {want} and {want_n} actions, but {has} "
             "(the env its description names)"
         )
 
 
-def describe_spaces(observation_space: gym.spaces.Box, action_space: gym.spaces.Discrete) -> dict[str, Any]:
-    """JSON-ready description of the spaces, stored with a model so it is never used on the wrong env."""
-    return {
-        "observation_space": {"shape": list(observation_space.shape), "dtype": str(observation_space.dtype)},
-        "action_space": {"n": int(action_space.n)},
+def _observations(shape: Any, one_hot: Any) -> str:
+    """Observations in words: their shape, and for categorical ones (one-hot encoded) the category counts,
+    which tell FrozenLake's 16 states from FrozenLake8x8's 64 though both are one integer."""
+    return f"observations {shape}" if one_hot is None else f"categorical observations {one_hot}"
+
+
+def describe_spaces(observation_space: gym.Space, action_space: gym.spaces.Discrete) -> dict[str, Any]:
+    """JSON-ready description of the spaces, stored with a model so it is never used on the wrong env;
+    categorical observations add their category counts (``one_hot``), the size of their encoding."""
+    observations: dict[str, Any] = {
+        "shape": list(observation_space.shape),
+        "dtype": str(observation_space.dtype),
     }
+    one_hot = one_hot_sizes(observation_space)
+    if one_hot is not None:
+        observations["one_hot"] = one_hot
+    return {"observation_space": observations, "action_space": {"n": int(action_space.n)}}
 
 
 # ------------------------------------------------------------------------------- exact-resume snapshots
@@ -262,23 +329,37 @@ def _decode(value: Any) -> Any:
     return value
 
 
+def _is_minatar_env(env: gym.Env) -> bool:
+    return env.spec is not None and is_minatar(env.spec.id)
+
+
+def _is_data(value: Any) -> bool:
+    """Whether a field is state that ``_decode`` reads back: numbers, numeric arrays, bit generators and
+    tuples of them. Not a toy-text map (an array of bytes, constant), nor the env checker's copy of the
+    first step's (observation, info), which holds a dict."""
+    if isinstance(value, np.ndarray | np.generic):
+        return value.dtype.kind in "biuf"
+    if isinstance(value, tuple):
+        return all(_is_data(item) for item in value)
+    return isinstance(value, _SNAPSHOT_TYPES)
+
+
 def snapshot_envs(envs: gym.vector.VectorEnv) -> list[list[dict[str, Any]]] | None:
-    """The mutable state of each classic-control sub-env (physics state, RNG, time-limit counters), or
-    None for envs whose state cannot be captured as data (Box2D worlds, emulators): those restart."""
+    """The mutable state of each classic-control or toy-text sub-env (physics state or grid position, RNG,
+    time-limit counters) or MinAtar game, or None for envs whose state cannot be captured as data (Box2D
+    worlds, emulators): those restart."""
     sub_envs = getattr(envs, "envs", None)
+    if sub_envs and _is_minatar_env(sub_envs[0]):
+        return [[{"minatar": game_state(env)}] for env in sub_envs]
     if not sub_envs or not type(sub_envs[0].unwrapped).__module__.startswith(
-        "gymnasium.envs.classic_control"
+        ("gymnasium.envs.classic_control", "gymnasium.envs.toy_text")
     ):
         return None
     snapshot = []
     for env in sub_envs:
         layers = []
         for layer in _layers(env):
-            fields = {
-                name: _encode(value)
-                for name, value in vars(layer).items()
-                if isinstance(value, _SNAPSHOT_TYPES)
-            }
+            fields = {name: _encode(value) for name, value in vars(layer).items() if _is_data(value)}
             layers.append(fields)
         snapshot.append(layers)
     return snapshot
@@ -304,6 +385,11 @@ def _fits(current: Any, restored: Any) -> bool:
 
 def restore_envs(envs: gym.vector.VectorEnv, snapshot: list[list[dict[str, Any]]]) -> None:
     for env, layers in zip(envs.envs, snapshot, strict=True):
+        if _is_minatar_env(env):
+            if len(layers) != 1 or set(layers[0]) != {"minatar"}:
+                raise ValueError("its env state is not a MinAtar game's")
+            restore_game_state(env, layers[0]["minatar"])
+            continue
         for layer, fields in zip(_layers(env), layers, strict=True):
             for name, value in fields.items():
                 restored = _decode(value)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,12 +21,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from dqn_cli.agent import epsilon_greedy
+from dqn_cli.agent import Decision, epsilon_greedy, epsilon_greedy_decision
 from dqn_cli.atari import NATIVE_SCREEN, AtariSettings, FilmedAtariEnv, is_atari
+from dqn_cli.envpackages import env_source, import_packages, require_named, saved_packages
 from dqn_cli.envs import check_env_fits, display_available, make_single_env, make_vector_env
 from dqn_cli.errors import UserError
-from dqn_cli.hyperparameters import Hyperparameters, saved_hyperparameters
+from dqn_cli.hyperparameters import Hyperparameters, apply_overrides, saved_hyperparameters, with_env_kwargs
 from dqn_cli.networks import build_q_network, resolve_device
+from dqn_cli.optimal import optimal_return, tabular_mdp
+from dqn_cli.overlay import QValueOverlay, action_names
 from dqn_cli.runfiles import LoadedModel, load_model, resolve_model_path
 
 Policy = Callable[[np.ndarray], np.ndarray]
@@ -42,6 +45,9 @@ class TrainedModel:
     q_network: nn.Module
     device: torch.device
     env_id: str  # where it plays: the env it was trained on unless another was asked for
+    # The training run's settings (Atari play must preprocess observations the same way), with the env
+    # kwargs of the env it plays.
+    hyperparameters: Hyperparameters
 
     @property
     def n_actions(self) -> int:
@@ -68,29 +74,65 @@ class TrainedModel:
         chosen = _evaluation_epsilon(self.hyperparameters, epsilon)
         return make_policy(self.q_network, self.n_actions, chosen, seed, self.device)
 
-    @property
-    def hyperparameters(self) -> Hyperparameters:
-        """The training run's settings: Atari play must preprocess observations the same way."""
-        return saved_hyperparameters(self.meta.get("hyperparameters", {}), f"model {self.path}")
+    def optimal_return(self) -> float | None:
+        """The best return an evaluation episode of its env can expect (by value iteration, over episodes
+        as long as evaluation lets them run), where the env publishes its transition table, as gymnasium's
+        toy-text games do (see dqn_cli/optimal.py); None elsewhere."""
+        if is_atari(self.env_id):
+            return None
+        hp = self.hyperparameters
+        with closing(make_single_env(self.env_id, max_steps=_episode_cap(hp), hp=hp)) as env:
+            mdp = tabular_mdp(env)
+            return None if mdp is None else optimal_return(mdp, env.spec.max_episode_steps)
 
 
 def load_trained(
-    run_or_model: Path | None, final: bool = False, device: str = "auto", env_id: str | None = None
+    run_or_model: Path | None,
+    final: bool = False,
+    device: str = "auto",
+    env_id: str | None = None,
+    env_kwargs: list[str] | None = None,
+    gym_packages: Sequence[str] = (),
 ) -> TrainedModel:
-    """Rebuild a saved Q-network from its JSON description and safetensors weights. ``env_id`` plays it on
-    another env, which must have the observation shape and action count it was trained with."""
+    """Rebuild a saved Q-network from its JSON description and safetensors weights, to play on the env it
+    was trained on, made with the run's env kwargs, or on ``env_id``, which must have the observation shape
+    and action count it was trained with and is made without them (they were the run's env's).
+    ``env_kwargs`` (``--env-kwargs key=value``) are set over those key by key. The modules
+    ``gym_packages`` names are imported; a run whose env comes from packages plays only once they name
+    them all (see envpackages)."""
     loaded = load_model(resolve_model_path(run_or_model, final))
     hp = _checked_description(loaded)
-    check_env_fits(env_id or loaded.env_id, loaded.meta, loaded.env_id, hp)
+    saved = saved_packages(loaded.meta.get("gym_packages"), str(loaded.path.with_suffix(".json")))
+    trained_on = env_source(loaded.env_id, saved)
+    if env_id is None:
+        require_named(trained_on.packages, gym_packages)
+    played = env_source(env_id or trained_on.env_id, gym_packages)
+    import_packages(played.packages)
+    if played.env_id != trained_on.env_id:
+        hp = apply_overrides(hp, {"env_kwargs": {}})
+    hp = with_env_kwargs(hp, env_kwargs)
+    check_env_fits(played.env_id, loaded.meta, trained_on.env_id, hp)
     torch_device = resolve_device(device)
     q_network = _rebuilt_network(loaded)
-    return TrainedModel(
-        loaded.path, loaded.meta, q_network.to(torch_device), torch_device, env_id or loaded.env_id
-    )
+    return TrainedModel(loaded.path, loaded.meta, q_network.to(torch_device), torch_device, played.env_id, hp)
 
 
 def _sizes(value: Any) -> bool:
     return isinstance(value, list) and len(value) > 0 and all(type(v) is int and v >= 1 for v in value)
+
+
+def _observation_shape(network: dict[str, Any]) -> bool:
+    """Sizes, or no size at all for a single categorical observation (Discrete: one integer)."""
+    shape = network.get("obs_shape")
+    return _sizes(shape) or (shape == [] and "one_hot" in network)
+
+
+def _one_hot_fits(network: dict[str, Any]) -> bool:
+    """No one-hot encoding, or one category count per entry of the observation."""
+    one_hot, shape = network.get("one_hot"), network.get("obs_shape")
+    if one_hot is None:
+        return True
+    return _sizes(one_hot) and _observation_shape(network) and len(one_hot) == math.prod(shape)
 
 
 def _checked_description(loaded: LoadedModel) -> Hyperparameters:
@@ -107,13 +149,18 @@ def _checked_description(loaded: LoadedModel) -> Hyperparameters:
     checks = (
         (isinstance(env_id, str) and env_id != "", 'env_id must name a gymnasium env, e.g. "CartPole-v1"'),
         (isinstance(meta.get("network"), dict), "network must be a table"),
-        (_sizes(network.get("obs_shape")), "network.obs_shape must be a list of sizes >= 1"),
+        (_observation_shape(network), "network.obs_shape must be a list of sizes >= 1 ([] for one category)"),
+        (_one_hot_fits(network), "network.one_hot must give a category count >= 1 per observation entry"),
         (_sizes([network.get("n_actions")]), "network.n_actions must be an integer >= 1"),
         (_sizes(network.get("net_arch")), "network.net_arch must be a list of layer sizes >= 1"),
         (isinstance(network.get("dueling", False), bool), "network.dueling must be true or false"),
         (  # the spaces as saved say the same as the network, which is what is checked against the env
             spaces["observation_space"].get("shape", network.get("obs_shape")) == network.get("obs_shape"),
             "observation_space.shape must equal network.obs_shape",
+        ),
+        (
+            spaces["observation_space"].get("one_hot", network.get("one_hot")) == network.get("one_hot"),
+            "observation_space.one_hot must equal network.one_hot",
         ),
         (
             spaces["action_space"].get("n", network.get("n_actions")) == network.get("n_actions"),
@@ -205,6 +252,12 @@ class EpsilonGreedy:
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         return epsilon_greedy(self.q_network, obs, self.epsilon, self.n_actions, self.rng, self.device)
+
+    def decide(self, obs: np.ndarray) -> Decision:
+        """The actions calling the policy would take, with the Q-values behind them (`--overlay`)."""
+        return epsilon_greedy_decision(
+            self.q_network, obs, self.epsilon, self.n_actions, self.rng, self.device
+        )
 
 
 def make_policy(
@@ -335,8 +388,8 @@ class _FilmedEnv:
     """A gymnasium env behind the interface of ``FilmedAtariEnv``. In ``rgb_array`` mode its frames are
     the rendered screens; in ``human`` mode it draws its own window as it steps and gives no frames."""
 
-    def __init__(self, env_id: str, max_steps: int, render_mode: str) -> None:
-        self.env = make_single_env(env_id, render_mode, max_steps)
+    def __init__(self, env_id: str, max_steps: int, render_mode: str, hp: Hyperparameters | None) -> None:
+        self.env = make_single_env(env_id, render_mode, max_steps, hp)
         self.fps = int(self.env.metadata.get("render_fps") or 30)
 
     def _frame(self) -> np.ndarray | None:
@@ -344,14 +397,19 @@ class _FilmedEnv:
 
     def reset(self, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
         obs, _ = self.env.reset(seed=seed)
-        return obs[None], self._frame()
+        return _batch_of_one(obs), self._frame()
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, float, bool, np.ndarray | None]:
         obs, reward, terminated, truncated, _ = self.env.step(int(actions[0]))
-        return obs[None], float(reward), terminated or truncated, self._frame()
+        return _batch_of_one(obs), float(reward), terminated or truncated, self._frame()
 
     def close(self) -> None:
         self.env.close()
+
+
+def _batch_of_one(obs: Any) -> np.ndarray:
+    """One observation as a batch of one, as the policy takes them; toy-text envs give a plain int."""
+    return np.asarray(obs)[None]
 
 
 def filmed_env(
@@ -361,7 +419,7 @@ def filmed_env(
     Atari, whatever ``render_mode``), its episodes capped at ``eval_max_frames`` as evaluation's are."""
     if is_atari(env_id):
         return FilmedAtariEnv(AtariSettings.for_env(env_id, hp, _episode_cap(hp)))
-    return _FilmedEnv(env_id, _episode_cap(hp), render_mode)
+    return _FilmedEnv(env_id, _episode_cap(hp), render_mode, hp)
 
 
 @dataclass
@@ -439,8 +497,10 @@ def record_video(
     on_episode: EpisodeHook | None = None,
     max_frames: float = math.inf,
     best_of: int = 1,
+    overlay: bool = False,
 ) -> Played:
-    """Film ``episodes`` episodes into an mp4 or gif: the rendered game, for Atari the full-colour screen.
+    """Film ``episodes`` episodes into an mp4 or gif: the rendered game, for Atari the full-colour screen,
+    with ``overlay`` the network's Q-values beside it (see dqn_cli/overlay.py).
 
     Each episode contributes its reset frame plus one frame per step, ``max_frames`` in all at most (the
     episode in progress there is cut), and ends at ``eval_max_frames`` as evaluation's do. ``best_of`` > 1
@@ -452,6 +512,9 @@ def record_video(
     if best_of > 1:
         seed, candidates = _best_episode(policy, env_id, best_of, seed, hp, on_episode)
     env = filmed_env(env_id, hp)
+    if overlay:  # it decides each action as the observation arrives, to draw that frame with its Q-values
+        env = QValueOverlay(env, policy.decide, action_names(env, policy.n_actions), policy.epsilon)
+        policy = env.act
     try:
         with _staged_file(out_path) as tmp_path:
             writer = (_GifWriter if out_path.suffix == ".gif" else _Mp4Writer)(tmp_path, env.fps, out_path)

@@ -45,6 +45,25 @@ def _layer_sizes(x: list[int]) -> bool:
     return len(x) >= 1 and all(n >= 1 for n in x)
 
 
+MAX_NESTING = 16  # lists and tables in an env kwarg: an edited file's nesting is refused, not recursed into
+
+
+def _plain_value(x: Any, depth: int = 0) -> bool:
+    """A value TOML (config.toml) and JSON (model.json) both hold: no dates, no null."""
+    if isinstance(x, list | dict) and depth >= MAX_NESTING:
+        return False
+    if isinstance(x, list):
+        return all(_plain_value(item, depth + 1) for item in x)
+    if isinstance(x, dict):
+        return all(isinstance(key, str) and _plain_value(v, depth + 1) for key, v in x.items())
+    return isinstance(x, bool | int | float | str)
+
+
+def _keyword_table(x: dict[str, Any]) -> bool:
+    """Keyword arguments: identifiers as keys, plain values."""
+    return all(isinstance(key, str) and key.isidentifier() for key in x) and _plain_value(x)
+
+
 @dataclass(frozen=True)
 class Rule:
     """How one hyperparameter is typed and bounded; ``describe`` is what error messages quote."""
@@ -57,8 +76,8 @@ class Rule:
 
 
 def _hp(default: Any, rule: Rule, doc: str) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"rule": rule, "doc": doc})
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"rule": rule, "doc": doc})
     return field(default=default, metadata={"rule": rule, "doc": doc})
 
 
@@ -171,6 +190,12 @@ class Hyperparameters:
         Rule(float, describe="a number, or inf", allow_infinity=True),
         "stop once a periodic evaluation's mean return reaches this (SB3's StopTrainingOnRewardThreshold)",
     )
+    env_kwargs: dict[str, Any] = _hp(
+        {},
+        Rule(dict, _keyword_table, 'a table of keyword arguments, e.g. {map_name = "8x8"}'),
+        "keyword arguments for the env's constructor (RL Zoo's env_kwargs), e.g. {continuous = false}; "
+        "evaluation, dqn eval and dqn record make the env with them too",
+    )
 
     @classmethod
     def names(cls) -> list[str]:
@@ -221,6 +246,9 @@ def _coerce(key: str, value: Any) -> Any:
         if math.isinf(value) and not (rule.allow_infinity and value > 0):
             raise bad
         value = float(value)
+    elif rule.kind is dict:
+        if not isinstance(value, dict):
+            raise bad
     elif rule.kind is list:
         if not isinstance(value, list) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in value
@@ -255,17 +283,27 @@ def apply_overrides(hp: Hyperparameters, overrides: Mapping[str, Any]) -> Hyperp
     return result
 
 
-def parse_set_option(item: str) -> tuple[str, Any]:
-    """Parse one ``--set key=value``; the value is read as TOML (``1e-3``, ``[64, 64]``, ``true``)."""
+def parse_set_option(item: str, option: str = "--set") -> tuple[str, Any]:
+    """Parse one ``--set key=value`` (or ``option``'s); the value is read as TOML (``1e-3``, ``[64, 64]``,
+    ``true``)."""
     key, sep, raw = item.partition("=")
     key, raw = key.strip(), raw.strip()
     if not sep or not key:
-        raise UserError(f"--set expects key=value, got {item!r}")
+        raise UserError(f"{option} expects key=value, got {item!r}")
     try:
         value = tomllib.loads(f"value = {raw}")["value"]
     except tomllib.TOMLDecodeError:
         value = raw  # a bare word such as `mse`
     return key, value
+
+
+def with_env_kwargs(hp: Hyperparameters, items: list[str] | None) -> Hyperparameters:
+    """``hp`` with each ``--env-kwargs key=value`` (a TOML value, or a bare word as a string) set over its
+    ``env_kwargs`` key by key: the command line changes one kwarg and keeps the others (preset's, run's)."""
+    if not items:
+        return hp
+    given = dict(parse_set_option(item, "--env-kwargs") for item in items)
+    return apply_overrides(hp, {"env_kwargs": {**hp.env_kwargs, **given}})
 
 
 def saved_hyperparameters(table: Any, origin: str) -> Hyperparameters:

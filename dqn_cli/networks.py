@@ -7,7 +7,7 @@ rebuilt without pickling any Python object.
 from __future__ import annotations
 
 import math
-from itertools import pairwise
+from itertools import accumulate, pairwise
 from typing import Any
 
 import torch
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dqn_cli.errors import UserError
-from dqn_cli.observations import is_frame_stack
+from dqn_cli.observations import is_frame_stack, is_object_grid
 
 
 def network_spec(
@@ -27,20 +27,45 @@ def network_spec(
     *,
     obs_dtype: str,
     encoder: str = "nature",
+    one_hot: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Stacked frames get a CNN with the ``encoder`` named (see ``ENCODERS``), anything else the MLP.
-    ``precision`` is the convolutions' arithmetic (see ``resolve_precision``); MLPs ignore it."""
+    """Stacked frames get a CNN with the ``encoder`` named (see ``ENCODERS``), MinAtar's object grids
+    ``MinAtarCNN``, categorical observations (``one_hot``: their category counts, see ``one_hot_sizes``)
+    ``OneHotMLP``, anything else the MLP. ``precision`` is the frame convolutions' arithmetic (see
+    ``resolve_precision``); the others ignore it."""
     frames = is_frame_stack(obs_shape, obs_dtype)
+    kind = "minatar_cnn" if is_object_grid(obs_shape, obs_dtype) else "mlp"
+    if one_hot is not None:
+        kind = "one_hot_mlp"
     spec = {
-        "kind": f"{encoder}_cnn" if frames else "mlp",
+        "kind": f"{encoder}_cnn" if frames else kind,
         "obs_shape": list(obs_shape),
         "n_actions": int(n_actions),
         "net_arch": list(net_arch),
         "dueling": dueling,
     }
     if frames:
+        _check_frames_fit(obs_shape, encoder)
         spec["precision"] = precision
+    if one_hot is not None:
+        spec["one_hot"] = list(one_hot)
     return spec
+
+
+def _check_frames_fit(obs_shape: tuple[int, ...], encoder: str) -> None:
+    """Refuse in one line uint8 images the encoder's convolutions cannot take, read as (stack, height,
+    width): colour images, channels last (CarRacing's 96x96x3), would otherwise fail deep in torch."""
+    smallest = 1  # the least height and width that leave one pixel after every convolution
+    for _, kernel, stride in reversed(ENCODERS[encoder]):
+        smallest = (smallest - 1) * stride + kernel
+    stack, height, width = obs_shape
+    if min(height, width) < smallest:
+        raise UserError(
+            f"observations of shape {tuple(obs_shape)} (uint8) would be a stack of {stack} frames of "
+            f"{height}x{width} pixels, and the {encoder} encoder needs frames of at least "
+            f"{smallest}x{smallest}; dqn's CNN takes frame stacks (stack, height, width) such as Atari's: "
+            "images with colour last (height, width, colour) are not supported"
+        )
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -81,6 +106,24 @@ class MLPQNetwork(nn.Module):
         if self.value is None:
             return q
         return _linear(self.value, x) + q - q.mean(dim=1, keepdim=True)
+
+
+class OneHotMLP(MLPQNetwork):
+    """``MLPQNetwork`` over categorical observations (Discrete, MultiDiscrete), each entry one-hot encoded
+    and the encodings concatenated, as Stable-Baselines3's ``preprocess_obs`` does: FrozenLake's state 5 of
+    16 is the input 0,0,0,0,0,1,0,...,0. The integers arrive as replay keeps them; the encoding is made here,
+    on the network's device, and holds no weights (its offsets are not saved)."""
+
+    def __init__(self, sizes: list[int], n_actions: int, net_arch: list[int], dueling: bool = False) -> None:
+        super().__init__(sum(sizes), n_actions, net_arch, dueling)
+        self.width = sum(sizes)
+        offsets = torch.tensor([0, *accumulate(sizes)][:-1])  # where each entry's one-hot starts
+        self.register_buffer("offsets", offsets, persistent=False)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        hot = obs.reshape(len(obs), -1).long() + self.offsets
+        encoded = torch.zeros(len(obs), self.width, device=obs.device).scatter_(1, hot, 1.0)
+        return super().forward(encoded)
 
 
 # (out_channels, kernel, stride) of each convolution, ReLU after each.
@@ -130,12 +173,40 @@ class FrameCNN(nn.Module):
         return self.head(x.float())
 
 
+MINATAR_CONV_CHANNELS = 16  # the MinAtar paper's
+
+
+class MinAtarCNN(nn.Module):
+    """The network of the MinAtar paper (Young & Tian 2019): one 3x3 stride-1 convolution of 16 channels
+    and ReLU over the grid, then the fully connected layers of ``net_arch`` (the paper's [128]) and the
+    Q-value head, dueling or not, as in ``MLPQNetwork``. About 0.2M multiply-adds per observation.
+
+    Observations arrive as bool, channels last, as the env gives them and replay keeps them (a byte a
+    cell, not four); they become channels-first floats here. Float32 throughout: at this size bfloat16
+    would save nothing."""
+
+    def __init__(self, obs_shape: list[int], n_actions: int, net_arch: list[int], dueling: bool) -> None:
+        super().__init__()
+        height, width, channels = obs_shape
+        self.convolution = nn.Conv2d(channels, MINATAR_CONV_CHANNELS, kernel_size=3, stride=1)
+        n_features = MINATAR_CONV_CHANNELS * (height - 2) * (width - 2)
+        self.head = MLPQNetwork(n_features, n_actions, net_arch, dueling)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.permute(0, 3, 1, 2).float()
+        return self.head(F.relu(self.convolution(x)))
+
+
 def build_q_network(spec: dict[str, Any]) -> nn.Module:
     kind = spec.get("kind")
     if kind == "mlp":
         return MLPQNetwork(
             math.prod(spec["obs_shape"]), spec["n_actions"], spec["net_arch"], spec.get("dueling", False)
         )
+    if kind == "one_hot_mlp":
+        return OneHotMLP(spec["one_hot"], spec["n_actions"], spec["net_arch"], spec["dueling"])
+    if kind == "minatar_cnn":
+        return MinAtarCNN(spec["obs_shape"], spec["n_actions"], spec["net_arch"], spec["dueling"])
     if isinstance(kind, str) and kind.removesuffix("_cnn") in ENCODERS:
         return FrameCNN(
             spec["obs_shape"],

@@ -68,7 +68,8 @@ class EnvStep:
 
 
 class CopiedObservations(Stateless):
-    """Vector observations: replay stores the observations themselves."""
+    """Vector observations, and categorical ones as their integers (the network one-hot encodes them):
+    replay stores the observations themselves."""
 
     def __init__(self, obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> None:
         self.key_shape, self.key_dtype = obs_shape, np.dtype(obs_dtype)

@@ -30,6 +30,7 @@ from typing import Any
 import tomli_w
 
 from dqn_cli import __version__
+from dqn_cli.envpackages import saved_packages
 from dqn_cli.errors import UserError
 from dqn_cli.hyperparameters import saved_hyperparameters
 from dqn_cli.integrity import Verdict, describe, other_models, read_model_file, signed
@@ -242,8 +243,9 @@ def check_seed(seed: Any, origin: str = "--seed") -> int:
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
-    """A run's ``config.toml``, checked: a known format, ``env_id``, ``seed`` and valid hyperparameters, so
-    callers can index it. Any fault is a one-line UserError."""
+    """A run's ``config.toml``, checked: a known format, ``env_id``, ``seed``, ``gym_packages`` (made a
+    list, empty in runs from before them) and valid hyperparameters, so callers can index it. Any fault is
+    a one-line UserError."""
     path = run_dir / CONFIG_FILE
     try:
         text = read_untrusted_text(path, "run config", MAX_SETTINGS_BYTES)
@@ -258,6 +260,7 @@ def read_config(run_dir: Path) -> dict[str, Any]:
     for key in ("preset", "device"):
         if not isinstance(data.get(key, ""), str):
             raise UserError(f"{key} in {path} must be a string, got {data[key]!r}")
+    data["gym_packages"] = list(saved_packages(data.get("gym_packages"), str(path)))
     saved_hyperparameters(data.get("hyperparameters"), str(path))
     return data
 

@@ -9,8 +9,16 @@ listed, with what can be read and a warning naming the file, so one bad run neve
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
+from rich.padding import Padding
+from rich.segment import Segment
+from rich.table import Table
+from rich.text import Text
 
 from dqn_cli.errors import UserError
 from dqn_cli.metrics import METRICS_FILE, Curves, read_metrics
@@ -135,3 +143,87 @@ def list_runs(runs_root: Path = RUNS_ROOT, env_id: str | None = None) -> list[Ru
     if env_id is not None:
         runs = [run for run in runs if env_folder_name(run.env_id) == env_folder_name(env_id)]
     return sorted(runs, key=lambda run: run.started)
+
+
+# ------------------------------------------------------------------------------------------ the listing
+
+UNBOUNDED = 1_000_000  # columns, for measuring a table's natural width
+PATH_HEADER = "run (under runs/)"  # the path names the game: no env column
+NUMBER_HEADERS = ("steps", "updates", "best eval", "last eval", "wall time")
+STATE_STYLES = {
+    RunState.FINISHED: "green",
+    RunState.RUNNING: "cyan",
+    RunState.INTERRUPTED: "yellow",
+    RunState.PRUNED: "magenta",
+    RunState.DIVERGED: "red",
+}
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class RunsView:
+    """`dqn runs`'s listing, laid out for the width it is drawn at: a table with one row per run where
+    that fits, else each run's path on a line of its own above its numbers (aligned in columns), so a path
+    is never broken over lines (in a table cell at 80 columns, a path was folded over three)."""
+
+    def __init__(self, runs: Sequence[RunSummary], runs_root: Path = RUNS_ROOT) -> None:
+        self._runs, self._root = runs, runs_root
+
+    def _path(self, run: RunSummary) -> Text:
+        # plain Text: a "[" in a folder name is not rich markup; bench/ and tune runs show by their path
+        return Text(run.run_dir.relative_to(self._root).as_posix())
+
+    def _cells(self, run: RunSummary) -> list[str | Text]:
+        return [
+            f"{_number(run.step, 0)} / {_number(run.planned_steps, 0)}",
+            _number(run.updates, 0),
+            _number(run.best_eval),
+            _number(run.last_eval),
+            _duration(run.wall_time),
+            Text(run.state, style=STATE_STYLES[run.state]),
+        ]
+
+    def _table(self, with_paths: bool, **table_options: object) -> Table:
+        table = Table(**table_options)
+        if with_paths:
+            table.add_column(PATH_HEADER)
+        for header in NUMBER_HEADERS:
+            table.add_column(header, justify="right", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        for run in self._runs:
+            table.add_row(*([self._path(run)] if with_paths else []), *self._cells(run))
+        return table
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        table = self._table(with_paths=True)
+        unbounded = options.update(max_width=UNBOUNDED)  # Measurement.get clamps to the width it is given
+        if not self._runs or Measurement.get(console, unbounded, table).maximum <= options.max_width:
+            yield table
+            return
+        numbers = self._table(with_paths=False, box=None, pad_edge=False, header_style="bold")
+        lines = console.render_lines(Padding(numbers, (0, 0, 0, 2), expand=False), options, pad=False)
+        header, rows = lines[: -len(self._runs)], lines[-len(self._runs) :]  # a row is one line: no_wrap
+        yield Text(PATH_HEADER, style="bold")
+        yield from _lines(header)
+        for run, row in zip(self._runs, rows, strict=True):
+            yield self._path(run)
+            yield from _lines([row])
+
+
+def _lines(lines: list[list[Segment]]) -> Iterator[Segment]:
+    """Rendered lines back as segments, each ended by a line break."""
+    for line in lines:
+        yield from line
+        yield Segment.line()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +25,13 @@ from dqn_cli.checkpoint import (
     restore_parts,
     save_checkpoint,
 )
+from dqn_cli.envpackages import env_source, import_packages, require_named
 from dqn_cli.envs import describe_spaces, make_vector_env
 from dqn_cli.errors import UserError
 from dqn_cli.evaluation import score_policy
 from dqn_cli.hyperparameters import Hyperparameters, apply_overrides, saved_hyperparameters
 from dqn_cli.networks import build_q_network, network_spec, resolve_device, resolve_precision
+from dqn_cli.observations import one_hot_sizes
 from dqn_cli.randomness import RandomSources
 from dqn_cli.replay import Replay
 from dqn_cli.rollout import Rollout
@@ -92,6 +94,7 @@ class TrainResult:
     best_eval: float | None
     last_eval: float | None
     updates: int
+    stopped_early: str | None = None  # why training ended before its planned steps, in one line
 
 
 @dataclass(frozen=True)
@@ -193,9 +196,18 @@ class Trainer:
     validates everything and writes nothing; ``run`` writes the run folder."""
 
     def __init__(
-        self, env_id: str, hp: Hyperparameters, seed: int, preset: str, device: torch.device
+        self,
+        env_id: str,
+        hp: Hyperparameters,
+        seed: int,
+        preset: str,
+        device: torch.device,
+        gym_packages: Sequence[str] = (),
     ) -> None:
+        """``gym_packages``: the modules that register ``env_id`` (see envpackages), imported here, where
+        every process that trains (a bench or tuning worker too) makes its envs, and saved with the run."""
         self.env_id, self.hp, self.seed, self.device = env_id, hp, check_seed(seed, "seed"), device
+        import_packages(gym_packages)
         self.random = RandomSources(seed)  # first: the network's initial weights come from it
         envs = make_vector_env(env_id, hp.n_envs, hp)
         try:
@@ -209,8 +221,9 @@ class Trainer:
                 resolve_precision(hp.precision, device),
                 obs_dtype=str(obs_space.dtype),
                 encoder=hp.encoder,
+                one_hot=one_hot_sizes(obs_space),
             )
-            if hp.augment_shift and spec["kind"] == "mlp":
+            if hp.augment_shift and spec["kind"] in ("mlp", "one_hot_mlp", "minatar_cnn"):
                 raise UserError(f"augment_shift shifts frame stacks (Atari); {env_id} gives no images")
             _check_network_fits(spec, hp.batch_size, device)
             self.agent = DQNAgent(build_q_network(spec), hp, device)
@@ -223,6 +236,7 @@ class Trainer:
         self.state = LoopState()
         self.model_meta = {
             "env_id": env_id,
+            "gym_packages": list(gym_packages),
             "preset": preset,
             "seed": seed,
             **describe_spaces(obs_space, action_space),
@@ -288,7 +302,13 @@ class Trainer:
                     raise TrainingInterrupted(session.stop_signal, run_dir, s.step)
             self.save_model(session, FINAL_MODEL, s.last_eval if s.last_eval_step == s.step else None)
             self.checkpoint(session)
-        return TrainResult(run_dir, s.step, s.wall_time, s.best_eval, s.last_eval, s.updates)
+        stopped_early = None
+        if s.step < until:  # only an evaluation that reached its target ends the loop before `until`
+            stopped_early = (
+                f"Stopped early at step {s.step:,}: evaluation mean {s.last_eval:.1f} reached "
+                f"stop_at_eval_return = {self.hp.stop_at_eval_return:g}"
+            )
+        return TrainResult(run_dir, s.step, s.wall_time, s.best_eval, s.last_eval, s.updates, stopped_early)
 
     def _reached_target(self) -> bool:
         s = self.state
@@ -414,21 +434,30 @@ def train(
     quiet: bool = False,
     runs_root: Path = RUNS_ROOT,
     on_evaluation: EvaluationHook | None = None,
+    gym_packages: Sequence[str] = (),
 ) -> TrainResult:
-    """Train a DQN agent on ``env_id`` and write the run folder; returns where it went and how it scored.
+    """Train a DQN agent on ``env_id`` (registered by importing ``gym_packages``, if any) and write the
+    run folder; returns where it went and how it scored.
 
     ``on_evaluation(step, mean_return)`` runs after each periodic evaluation (Optuna reports and prunes
     there); an exception it raises ends training, with the run folder left as it was at that point.
     """
     torch_device = resolve_device(device)
-    trainer = Trainer(env_id, hp, seed, preset, torch_device)  # validates everything, writes nothing
+    # validates everything, writes nothing
+    trainer = Trainer(env_id, hp, seed, preset, torch_device, gym_packages)
     try:
         if not quiet:  # before the folder is made: a Ctrl-C during the probe leaves nothing behind
             announce(trainer, preset)
         with create_run_dir(env_id, seed, run_dir, runs_root) as run_dir:  # locked while it is written
             write_config(
                 run_dir,
-                {"env_id": env_id, "seed": seed, "preset": preset, "device": str(torch_device)},
+                {
+                    "env_id": env_id,
+                    "gym_packages": list(gym_packages),
+                    "seed": seed,
+                    "preset": preset,
+                    "device": str(torch_device),
+                },
                 hp.to_dict(),
             )
             return trainer.run(run_dir, quiet, on_evaluation)
@@ -436,30 +465,45 @@ def train(
         trainer.close()
 
 
-def check_trainable(env_id: str, hp: Hyperparameters, device: str = "auto") -> None:
+def check_trainable(
+    env_id: str, hp: Hyperparameters, device: str = "auto", gym_packages: Sequence[str] = ()
+) -> None:
     """Refuse now, writing nothing, whatever ``train`` would refuse for this env and these settings
     (the env cannot be made here, its spaces, memory): `dqn bench` and `dqn tune` check every env so
     before their first run."""
-    Trainer(env_id, hp, 0, "", resolve_device(device)).close()
+    Trainer(env_id, hp, 0, "", resolve_device(device), gym_packages).close()
 
 
 def resume(
-    run_dir: Path | None, *, steps: int | None = None, device: str = "auto", quiet: bool = False
+    run_dir: Path | None,
+    *,
+    steps: int | None = None,
+    device: str = "auto",
+    quiet: bool = False,
+    gym_packages: Sequence[str] = (),
 ) -> tuple[TrainResult, bool]:
     """Continue a run (default: the newest with a checkpoint) from its checkpoint, to ``steps`` in total if
     given. Returns the result and whether the episodes in flight were restored exactly (classic control)
-    rather than restarted. The run is locked from before its checkpoint is read until the run ends."""
+    rather than restarted. The run is locked from before its checkpoint is read until the run ends.
+
+    A run whose env comes from packages continues only if ``gym_packages`` (``--gym-packages``) names
+    them all: importing runs their code, and the run folder must not be what chooses it."""
     run_dir = run_to_resume(run_dir)
     with hold_run_lock(run_dir):
         config = read_config(run_dir)
         hp = saved_hyperparameters(config.get("hyperparameters"), str(run_dir / CONFIG_FILE))
+        source = env_source(config["env_id"], config["gym_packages"])
+        require_named(source.packages, gym_packages)
+        import_packages(gym_packages)
         checkpoint = load_checkpoint(run_dir)
         if steps is not None:
             if steps <= checkpoint.step:
                 raise UserError(f"--steps {steps:,} is not beyond the checkpoint's step {checkpoint.step:,}")
             hp = apply_overrides(hp, {"n_timesteps": steps})
         torch_device = resolve_device(device)
-        trainer = Trainer(config["env_id"], hp, config["seed"], config.get("preset", ""), torch_device)
+        trainer = Trainer(
+            source.env_id, hp, config["seed"], config.get("preset", ""), torch_device, source.packages
+        )
         try:
             exact = trainer.restore(checkpoint.state, run_dir / CHECKPOINT_FILE)
             if not quiet:

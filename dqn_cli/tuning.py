@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
+from dqn_cli.envpackages import env_source, import_packages, naming_options
 from dqn_cli.errors import UserError
-from dqn_cli.hyperparameters import Hyperparameters, apply_overrides
+from dqn_cli.hyperparameters import Hyperparameters, apply_overrides, with_env_kwargs
 from dqn_cli.interrupts import Interrupted, die_with_parent, exit_code, interruptible, stop_processes
 from dqn_cli.presets import resolve
 from dqn_cli.runfiles import RUNS_ROOT, RunState, env_folder_name, write_atomic
@@ -67,6 +68,7 @@ class TuneJob:
     runs_root: Path
     device: str
     quiet: bool
+    gym_packages: tuple[str, ...] = ()  # imported by each worker: they register env_id (see envpackages)
 
 
 @dataclass(frozen=True)
@@ -97,12 +99,19 @@ def prepare(
     device: str = "auto",
     quiet: bool = False,
     preset: str | None = None,
+    env_kwargs: list[str] | None = None,
+    gym_packages: list[str] | None = None,
 ) -> TuneJob:
     """Check everything a study needs before any file or database is touched. Trials start from
-    ``preset`` (else the env id's own) with the space's [fixed], then its sampled, values over it."""
+    ``preset`` (else the env id's own) with the space's [fixed] values, then ``env_kwargs``
+    (``--env-kwargs key=value``, key by key), then its sampled values over it. ``gym_packages`` are
+    imported first; ``env_id`` may also name its module, ``mygym:MyEnv-v0`` (see envpackages)."""
     from dqn_cli.envs import check_env_id
     from dqn_cli.training import check_trainable
 
+    source = env_source(env_id, gym_packages or [])
+    env_id = source.env_id
+    import_packages(source.packages)
     check_env_id(env_id)
     preset_name, hp = resolve(env_id, preset=preset)
     named = f"{env_folder_name(env_id)}-{preset}" if preset else env_folder_name(env_id)
@@ -110,15 +119,18 @@ def prepare(
     if not STUDY_NAME.fullmatch(study):
         raise UserError(f"study name {study!r} may use only letters, digits, '.', '_' and '-'")
     space = space_for(env_id) if space_file is None else load_space(space_file)
-    base = apply_overrides(hp, space.fixed)
+    base = with_env_kwargs(apply_overrides(hp, space.fixed), env_kwargs)
     if base.eval_freq <= 0:
         raise UserError("tuning scores trials by their evaluations: eval_freq must be > 0")
     storage = storage or f"sqlite:///{(runs_root / TUNE_DIR / f'{study}.db').resolve()}"
     url = parse_storage_url(storage)
     if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
         raise UserError("an in-memory SQLite study lives in one process only; give a file: sqlite:///FILE.db")
-    check_trainable(env_id, base, device)  # the env can be made here, DQN can play it, it fits in memory
-    return TuneJob(env_id, preset_name, base, space, storage, study, n_trials, runs_root, device, quiet)
+    # the env can be made here, DQN can play it, it fits in memory
+    check_trainable(env_id, base, device, source.packages)
+    return TuneJob(
+        env_id, preset_name, base, space, storage, study, n_trials, runs_root, device, quiet, source.packages
+    )
 
 
 def tune(job: TuneJob, jobs: int = 1) -> TuneResult:
@@ -353,6 +365,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, job: TuneJob) -> None:
             quiet=True,
             runs_root=job.runs_root,
             on_evaluation=on_evaluation,
+            gym_packages=job.gym_packages,
         )
     except StopTraining as exc:  # raised only by on_evaluation, so the pruner asked for it
         study.tell(trial, state=TrialState.PRUNED)
@@ -416,7 +429,8 @@ def summarize(job: TuneJob) -> TuneResult:
     path = job.runs_root / TUNE_DIR / f"{job.study}-best.toml"
     header = (
         f"# Best trial ({best.number}, best eval return {best.value:.1f}) of Optuna study {job.study} "
-        f"for {job.env_id}.\n# Train with it: dqn train {job.env_id} --config {path}\n"
+        f"for {job.env_id}.\n# Train with it: dqn train {job.env_id} --config {path}"
+        f"{naming_options(job.gym_packages)}\n"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, (header + tomli_w.dumps(hp)).encode())

@@ -306,12 +306,12 @@ def test_did_you_mean_offers_only_ids_that_can_be_made_here(tmp_path: Path):
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
-        (["bench", "CartPole-v1", "FrozenLake-v1"], ["FrozenLake-v1 has a Discrete observation space"]),
+        (["bench", "CartPole-v1", "Blackjack-v1"], ["Blackjack-v1 has a Tuple observation space"]),
         (["bench", "CartPole-v1", "Blackjack-v1", "--jobs", "2"], ["Blackjack-v1 has a Tuple observation"]),
         (["bench", "CartPole-v1", "Pendulum-v1"], ["Pendulum-v1 has a Box action space"]),
         (["bench", "CartPole-v1", "--set", "net_arch=[100000,100000,100000]"], ["20,000,900,002 parameters"]),
         (["bench", "CartPole-v1", "--set", "n_envs=100000"], ["n_envs = 100,000: at most 1,024"]),
-        (["tune", "FrozenLake-v1", "--trials", "1"], ["FrozenLake-v1 has a Discrete observation space"]),
+        (["tune", "Blackjack-v1", "--trials", "1"], ["Blackjack-v1 has a Tuple observation space"]),
     ],
 )
 def test_bench_and_tune_check_every_env_before_writing_anything(tmp_path: Path, monkeypatch, args, fragments):
