@@ -139,6 +139,27 @@ GymPackages = Annotated[
         show_default=False,
     ),
 ]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="ADDRESS",
+        help="Run each seed (bench) or trial (tune) as a task on a Ray cluster: auto (the cluster "
+        "`ray start` made), ray://HOST:10001 (a remote head, through Ray Client) or local (a throwaway Ray "
+        'on this machine). Needs pip install -e ".[ray]".',
+        show_default=False,
+    ),
+]
+RayStorage = Annotated[
+    str,
+    typer.Option(
+        "--ray-storage",
+        metavar="MODE",
+        help="With --ray, how run folders reach this machine: shared (every node mounts runs/ at the same "
+        "path, tasks write in place), return (tasks send their files back) or auto (shared if every node "
+        "sees a marker file written here, else return).",
+    ),
+]
 
 
 def _say(kind: str, message: str) -> None:
@@ -496,14 +517,23 @@ def bench(
         str | None, typer.Option(help="Folder name under runs/bench/ (default: the start time).")
     ] = None,
     device: Device = "auto",
+    ray: RayAddress = None,
+    ray_storage: RayStorage = "auto",
 ) -> None:
     """Train N seeds of each env with its preset (or all with --preset's); write a results table and
     learning curves.
 
     Output: runs/bench/<name>/ with a run folder per seed, results.md, results.json and <env>-curves.png.
     """
+    failures = []
 
     def report(result) -> None:
+        from dqn_cli.bench import FailedSeed
+
+        if isinstance(result, FailedSeed):  # a seed whose Ray task failed for good
+            failures.append(result)
+            typer.echo(f"{result.env_id} seed {result.seed}: failed: {result.reason}", err=True)
+            return
         typer.echo(
             f"{result.env_id} seed {result.seed}: {result.best_model_return:.1f} (best model), "
             f"{result.final_model_return:.1f} (final), {result.steps:,} steps, {result.wall_time:.0f} s",
@@ -512,6 +542,7 @@ def bench(
 
     with _stops_on_signal("finished runs are kept, stopped ones can be resumed; no results were written"):
         from dqn_cli.bench import WorkerDied, run_bench
+        from dqn_cli.cluster import file_mode
 
         try:
             bench_dir = run_bench(
@@ -525,11 +556,15 @@ def bench(
                 preset=preset,
                 env_kwargs=env_kwargs,
                 gym_packages=gym_packages,
+                ray=ray,
+                ray_storage=file_mode(ray_storage),
             )
         except WorkerDied as exc:
             _fail(str(exc), code=1)
     typer.echo((bench_dir / "results.md").read_text())
     typer.echo(f"Saved in {bench_dir}")
+    if failures:
+        _fail(f"{len(failures)} seed(s) failed for good (see results.md); the others are summarised", code=1)
 
 
 @app.command()
@@ -658,11 +693,14 @@ def tune(
     gym_packages: GymPackages = None,
     device: Device = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result.")] = False,
+    ray: RayAddress = None,
+    ray_storage: RayStorage = "auto",
 ) -> None:
     """Search hyperparameters with Optuna: each trial is an ordinary run from the game's preset (or
     --preset's) with sampled values over it, pruned early when its evaluations trail the others'. Prints
     the best parameters and writes them as a preset for `dqn train --config`."""
     with _stops_on_signal("finished trials are kept in the study, stopped ones are marked failed"):
+        from dqn_cli.cluster import file_mode
         from dqn_cli.envpackages import naming_options
         from dqn_cli.tuning import WorkerFailed, prepare, shown_storage
         from dqn_cli.tuning import tune as run_study
@@ -680,12 +718,13 @@ def tune(
             gym_packages=gym_packages,
         )
         if not quiet:
+            workers = f"on the Ray cluster {ray}" if ray else f"{jobs} worker(s)"
             typer.echo(
-                f"Study {job.study} in {shown_storage(job.storage)}: {trials} trials, {jobs} worker(s), "
+                f"Study {job.study} in {shown_storage(job.storage)}: {trials} trials, {workers}, "
                 f"preset {job.preset}, search space {job.space.name}"
             )
         try:
-            result = run_study(job, jobs)
+            result = run_study(job, jobs, ray, file_mode(ray_storage))
         except WorkerFailed as exc:
             _fail(str(exc), code=1)
     counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(result.counts.items()))

@@ -1,5 +1,5 @@
-"""Progress of long work on stderr: training (nothing at all with ``--quiet``), and the episodes that
-``dqn eval`` and ``dqn record`` play (an Atari game can take a minute).
+"""Progress of long work on stderr: training (nothing at all with ``--quiet``), the episodes that
+``dqn eval`` and ``dqn record`` play (an Atari game can take a minute), and the tasks of ``--ray``.
 
 On a terminal it is a live bar that fits the terminal's width: as the width shrinks, the least useful
 parts go first (elapsed time, ε, the label, the bar itself, ...), the step count and steps/s last. Each
@@ -303,3 +303,72 @@ class EpisodeProgress(_FittedLine):
     def log_line(self) -> str:
         elapsed = clock(time.perf_counter() - self._started)
         return f"{self._label}  {self._done}/{self._episodes} episodes  elapsed {elapsed}"
+
+
+# ------------------------------------------------------------------------------------- tasks on Ray
+
+
+@dataclass
+class TaskState:
+    """Where one running task of `dqn bench --ray` / `dqn tune --ray` stands, as it last reported."""
+
+    label: str  # "CartPole-v1 seed 2", "trial 7"
+    step: int = 0
+    planned: int = 0
+    last_eval: float | None = None
+    node: str = ""  # the Ray node's address
+
+
+class TaskProgress:
+    """One line per running task (label, bar, steps, last evaluation, node) and the count of tasks done,
+    on stderr (``console``): a live display on a terminal, else all of it every ``DQN_PROGRESS_SECONDS``."""
+
+    def __init__(self, total: int, console: Console | None = None) -> None:
+        self._total, self._done = total, 0
+        self._running: dict[object, TaskState] = {}
+        self._display = _display(
+            console or Console(stderr=True),
+            self,
+            self.log_line,
+            first_line=None,
+            final_line=False,
+            transient=True,
+        )
+
+    def __enter__(self) -> TaskProgress:
+        self._display.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._display.stop()
+
+    def update(self, running: dict[object, TaskState], done: int) -> None:
+        self._running, self._done = dict(running), done
+
+    @staticmethod
+    def _numbers(task: TaskState) -> tuple[str, str]:
+        steps = f"{task.step:,}/{task.planned:,}" if task.planned else f"{task.step:,}"
+        return steps, "-" if task.last_eval is None else f"{task.last_eval:.1f}"
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[RenderableType]:
+        label_width = max((cell_len(task.label) for task in self._running.values()), default=0)
+        for task in self._running.values():  # labels padded alike, so that the bars line up
+            steps, last_eval = self._numbers(task)
+            yield fit_line(
+                [
+                    Field(task.label.ljust(label_width), rank=9, style="bold"),
+                    Bar(min(task.step, task.planned), task.planned or 1, rank=3),
+                    Field(steps, rank=8),
+                    Field(f"eval {last_eval}", rank=7),
+                    Field(task.node, rank=1, style="dim"),
+                ],
+                options.max_width,
+            )
+        yield Text(f"{self._done}/{self._total} tasks done, {len(self._running)} running")
+
+    def log_line(self) -> str:
+        lines = [f"{self._done}/{self._total} tasks done, {len(self._running)} running"]
+        for task in self._running.values():
+            steps, last_eval = self._numbers(task)
+            lines.append(f"  {task.label}  step {steps}  eval {last_eval}  on {task.node}")
+        return "\n".join(lines)

@@ -481,6 +481,7 @@ def resume(
     device: str = "auto",
     quiet: bool = False,
     gym_packages: Sequence[str] = (),
+    on_evaluation: EvaluationHook | None = None,
 ) -> tuple[TrainResult, bool]:
     """Continue a run (default: the newest with a checkpoint) from its checkpoint, to ``steps`` in total if
     given. Returns the result and whether the episodes in flight were restored exactly (classic control)
@@ -512,6 +513,6 @@ def resume(
                 saved_info = {k: v for k, v in config.items() if k != "hyperparameters"}
                 write_config(run_dir, saved_info, hp.to_dict())
             remove_stale_temporaries(run_dir)
-            return trainer.run(run_dir, quiet), exact
+            return trainer.run(run_dir, quiet, on_evaluation), exact
         finally:
             trainer.close()

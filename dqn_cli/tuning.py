@@ -9,6 +9,11 @@ URL (PostgreSQL, MySQL) that workers on many machines share. Workers are process
 keeps the GIL in its Python parts and every run pins itself to one thread. A worker takes trials until
 the study holds the requested number in total, counting and creating each trial under a lock so that two
 workers starting at the same moment never make one too many.
+
+With ``--ray`` Optuna stays the search engine and Ray only places the trials: the driver creates each
+trial (under the same lock) as a node has room for it, and the trial runs as one Ray task (see
+``cluster``) that samples, trains and reports into the study's storage. A SQLite study is refused there
+unless every node shares the driver's disk.
 """
 
 from __future__ import annotations
@@ -21,15 +26,16 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
+from dqn_cli.cluster import FileMode
 from dqn_cli.envpackages import env_source, import_packages, naming_options
 from dqn_cli.errors import UserError
 from dqn_cli.hyperparameters import Hyperparameters, apply_overrides, with_env_kwargs
@@ -42,6 +48,7 @@ if TYPE_CHECKING:
     import optuna
     import sqlalchemy
 
+    from dqn_cli.cluster import Storage, TaskRun
     from dqn_cli.training import TrainResult
 
 TUNE_DIR = "tune"  # under runs/: the default SQLite studies and the best presets
@@ -133,9 +140,37 @@ def prepare(
     )
 
 
-def tune(job: TuneJob, jobs: int = 1) -> TuneResult:
-    """Create (or join) the study, run ``jobs`` workers until it holds ``job.n_trials`` trials, and write
-    the best trial's hyperparameters as a preset."""
+def tune(
+    job: TuneJob, jobs: int = 1, ray: str | None = None, ray_storage: FileMode = FileMode.AUTO
+) -> TuneResult:
+    """Create (or join) the study, run ``jobs`` workers (or trials as tasks on the Ray cluster at ``ray``,
+    run folders reaching this machine as ``ray_storage`` says) until it holds ``job.n_trials`` trials, and
+    write the best trial's hyperparameters as a preset."""
+    if ray:
+        from dqn_cli.cluster import connected, require_ray, run_storage
+
+        require_ray(ray, jobs)  # one line if Ray is missing, before the study is made
+        job = replace(job, runs_root=job.runs_root.resolve())  # tasks run in other folders and machines
+        runs = job.runs_root / env_folder_name(job.env_id)
+        with connected(ray) as ray_api, run_storage(ray_api, runs, ray_storage) as storage:
+            if parse_storage_url(job.storage).get_backend_name() == "sqlite" and not storage.shared:
+                raise UserError(
+                    f"a SQLite study needs every Ray node on this machine's disk, but {storage.reason}: "
+                    "use a database server (--storage postgresql+psycopg://user:password@host/db) or a "
+                    "shared disk"
+                )
+            _create_study(job)
+            _run_on_ray(job, ray_api, storage)
+        return summarize(job)
+    _create_study(job)
+    if jobs == 1:
+        work(job)
+    else:
+        _run_workers(job, jobs)
+    return summarize(job)
+
+
+def _create_study(job: TuneJob) -> None:
     import optuna
 
     with _study_lock(job):  # a fresh database gets its tables once, not by two workers at a time
@@ -143,11 +178,6 @@ def tune(job: TuneJob, jobs: int = 1) -> TuneResult:
             study_name=job.study, storage=open_storage(job.storage), direction="maximize", load_if_exists=True
         )
         _keep_one_preset(study, job)
-    if jobs == 1:
-        work(job)
-    else:
-        _run_workers(job, jobs)
-    return summarize(job)
 
 
 def _keep_one_preset(study: optuna.Study, job: TuneJob) -> None:
@@ -323,9 +353,85 @@ def work(job: TuneJob) -> None:
     )
     try:
         while (trial := _claim_trial(study, job)) is not None:
-            _run_trial(study, trial, job)
+            _say(job, _run_trial(study, trial, job))
     except TrainingInterrupted as exc:
         raise Interrupted(exc.exit_code - 128) from None
+
+
+def _trial_as_ray_task(job: TuneJob, trial_id: int, storage: Storage, board: object) -> TaskRun:
+    """One trial as a Ray task: the driver created it; here it is sampled, trained and told, as a worker
+    runs a trial. Ray runs it again if its worker dies, on the same trial."""
+    import optuna
+    import ray
+
+    from dqn_cli.cluster import Reporter, TaskRun, returned_files, task_folder
+    from dqn_cli.training import set_training_threads
+
+    set_training_threads(job.env_id)
+    study = optuna.load_study(
+        study_name=job.study,
+        storage=open_storage(job.storage),
+        pruner=optuna.pruners.MedianPruner(**job.space.pruner),
+    )
+    trial = optuna.trial.Trial(study, trial_id)
+    report = Reporter(board, trial.number)
+    report(0, 0, None)
+    with task_folder(storage, _trial_run_dir(job, trial.number)) as folder:
+        line = _run_trial(study, trial, job, trained_in=folder, on_progress=report)
+        return TaskRun(line, ray.get_runtime_context().get_node_id(), returned_files(storage, folder))
+
+
+def _run_on_ray(job: TuneJob, ray: Any, storage: Storage) -> None:
+    """Place the study's remaining trials on the Ray cluster, as many at once as its CPUs (or GPUs) hold.
+    A trial whose task failed for good, or was cancelled, is told failed."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from dqn_cli.cluster import Submission, drive, progress_board, task_options, write_returned
+
+    study = optuna.load_study(study_name=job.study, storage=open_storage(job.storage))
+    _say(job, storage.describe())
+    options, device = task_options(ray, job.env_id, job.device)
+    unit = "GPU" if options["num_gpus"] else "CPU"
+    per_task = options["num_gpus"] or options["num_cpus"]
+    slots = max(1, int(ray.cluster_resources().get(unit, 0) // per_task))
+    board, remote = progress_board(ray), ray.remote(_trial_as_ray_task).options(**options)
+    on_node = replace(job, device=device, quiet=True)
+
+    def submissions() -> Iterator[Submission]:
+        while (trial := _claim_trial(study, job)) is not None:
+            yield Submission(
+                trial.number,
+                f"trial {trial.number}",
+                # the id Optuna's Trial(study, id) takes, to run this trial (not a new one) in the task
+                lambda trial_id=trial._trial_id: remote.remote(on_node, trial_id, storage, board),
+            )
+
+    def on_done(number: object, run: TaskRun) -> None:
+        write_returned(run, job.env_id, int(number), _trial_run_dir(job, int(number)))
+        _say(job, run.result)
+
+    def fail(number: object) -> None:
+        """Tell a trial failed unless its task did (it does so when stopped in training)."""
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if any(trial.number == number for trial in running):
+            study.tell(int(number), state=TrialState.FAIL)
+
+    def on_failed(number: object, reason: str) -> None:
+        fail(number)
+        _say(job, f"trial {number} failed: {reason}")
+
+    left = max(0, job.n_trials - len(study.get_trials(deepcopy=False)))
+    drive(
+        ray,
+        submissions(),
+        total=left,
+        slots=slots,
+        board=board,
+        on_done=on_done,
+        on_failed=on_failed,
+        on_cancelled=fail,
+    )
 
 
 def _claim_trial(study: optuna.Study, job: TuneJob) -> optuna.Trial | None:
@@ -335,19 +441,35 @@ def _claim_trial(study: optuna.Study, job: TuneJob) -> optuna.Trial | None:
         return study.ask()
 
 
-def _run_trial(study: optuna.Study, trial: optuna.Trial, job: TuneJob) -> None:
-    """Train one sampled configuration and tell Optuna how it went: complete, pruned or failed."""
+def _trial_run_dir(job: TuneJob, number: int) -> Path:
+    return job.runs_root / env_folder_name(job.env_id) / f"tune-{job.study}-t{number}"
+
+
+def _run_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    job: TuneJob,
+    trained_in: Path | None = None,
+    on_progress: Callable[[int, int, float | None], None] | None = None,
+) -> str:
+    """Train one sampled configuration, tell Optuna how it went (complete, pruned or failed) and return
+    a line that says so. A Ray task trains ``trained_in`` (the run folder, or a temporary one whose files
+    go back to the driver), resuming it if an attempt that died left a checkpoint there, and reports its
+    progress to ``on_progress(step, planned steps, last evaluation)``."""
     from optuna.trial import TrialState
 
+    from dqn_cli.cluster import train_or_resume
     from dqn_cli.training import StopTraining, TrainingDiverged, train
 
-    run_dir = job.runs_root / env_folder_name(job.env_id) / f"tune-{job.study}-t{trial.number}"
+    run_dir = _trial_run_dir(job, trial.number)
     trial.set_user_attr("run_dir", str(run_dir))
     params = job.space.sample(trial)
     started = time.perf_counter()
 
     def on_evaluation(step: int, mean_return: float) -> None:
         """Report to the pruner; the trainer records a pruned run as such in its status.json."""
+        if on_progress is not None:
+            on_progress(step, hp.n_timesteps, mean_return)
         trial.report(mean_return, step)
         if trial.should_prune():
             raise StopTraining(RunState.PRUNED, f"pruned at step {step:,} (eval return {mean_return:.1f})")
@@ -355,27 +477,37 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, job: TuneJob) -> None:
     try:
         hp = apply_overrides(job.base, params)
         trial.set_user_attr("hyperparameters", hp.to_dict())
-        result = train(
-            job.env_id,
-            hp,
-            seed=trial.number,
-            preset=job.preset,
-            run_dir=run_dir,
-            device=job.device,
-            quiet=True,
-            runs_root=job.runs_root,
-            on_evaluation=on_evaluation,
-            gym_packages=job.gym_packages,
-        )
+        if trained_in is None:
+            result = train(
+                job.env_id,
+                hp,
+                seed=trial.number,
+                preset=job.preset,
+                run_dir=run_dir,
+                device=job.device,
+                quiet=True,
+                runs_root=job.runs_root,
+                on_evaluation=on_evaluation,
+                gym_packages=job.gym_packages,
+            )
+        else:
+            result = train_or_resume(
+                job.env_id,
+                hp,
+                seed=trial.number,
+                preset=job.preset,
+                run_dir=trained_in,
+                device=job.device,
+                gym_packages=job.gym_packages,
+                on_evaluation=on_evaluation,
+            )
     except StopTraining as exc:  # raised only by on_evaluation, so the pruner asked for it
         study.tell(trial, state=TrialState.PRUNED)
-        _say(job, f"trial {trial.number} {exc} after {time.perf_counter() - started:.1f}s")
-        return
+        return f"trial {trial.number} {exc} after {time.perf_counter() - started:.1f}s"
     except (UserError, TrainingDiverged) as exc:
         trial.set_user_attr("error", str(exc))
         study.tell(trial, state=TrialState.FAIL)
-        _say(job, f"trial {trial.number} failed: {exc}")
-        return
+        return f"trial {trial.number} failed: {exc}"
     except BaseException:
         study.tell(trial, state=TrialState.FAIL)
         raise
@@ -383,10 +515,9 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, job: TuneJob) -> None:
     trial.set_user_attr("steps", result.steps)
     study.tell(trial, result.best_eval)
     shown = ", ".join(f"{key}={value}" for key, value in params.items())
-    _say(
-        job,
+    return (
         f"trial {trial.number}: best eval {result.best_eval:.1f} at {result.steps:,} steps in "
-        f"{result.wall_time:.1f}s ({shown})",
+        f"{result.wall_time:.1f}s ({shown})"
     )
 
 

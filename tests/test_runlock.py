@@ -7,6 +7,7 @@ import csv
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import assert_one_line_error, dqn
 
+from dqn_cli import runlock
 from dqn_cli.checkpoint import read_checkpoint_step
 from dqn_cli.errors import UserError
 from dqn_cli.metrics import COLUMNS
@@ -101,11 +103,16 @@ def _wait_until_training(run: Path, process: subprocess.Popen, timeout: float = 
     deadline = time.monotonic() + timeout
     while True:
         status = read_status(run)
-        if status is not None and status.pid == process.pid and _lock_text(run) == f"{process.pid}\n":
+        if status is not None and status.pid == process.pid and _lock_text(run) == _line(process.pid):
             return
         assert process.poll() is None, process.stderr.read()
         assert time.monotonic() < deadline
         time.sleep(0.01)
+
+
+def _line(pid: int) -> str:
+    """What a holder on this host writes into the lock file."""
+    return f"{pid} {socket.gethostname()}\n"
 
 
 def _lock_text(run: Path) -> str | None:
@@ -138,7 +145,7 @@ def test_the_lock_is_reentrant_in_its_thread_and_refused_to_another(tmp_path: Pa
             refusals.append(exc)
 
     with hold_run_lock(tmp_path):
-        assert (tmp_path / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+        assert (tmp_path / LOCK_FILE).read_text() == _line(os.getpid())
         with hold_run_lock(tmp_path):  # as `dqn train --resume` and then `training.resume` take it
             pass
         thread = threading.Thread(target=rival)
@@ -189,7 +196,7 @@ def test_a_second_writer_is_refused_through_the_library_and_a_killed_holder_bloc
 
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    assert (run / LOCK_FILE).read_text() == f"{holder.pid}\n"  # left behind by the dead holder
+    assert (run / LOCK_FILE).read_text() == _line(holder.pid)  # left behind by the dead holder
     result, _ = resume(run, steps=BASE_STEPS + 200, device="cpu", quiet=True)
     assert result.steps == BASE_STEPS + 200
     assert not (run / LOCK_FILE).exists()
@@ -222,7 +229,7 @@ def test_a_resume_killed_with_kill_9_never_blocks_the_next(run: Path, processes:
     _wait_until_training(run, killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    assert (run / LOCK_FILE).read_text() == f"{killed.pid}\n"  # its lock file is still there
+    assert (run / LOCK_FILE).read_text() == _line(killed.pid)  # its lock file is still there
 
     target = read_checkpoint_step(run) + 200
     resumed = dqn("train", "--resume", "run", "--steps", str(target), "-q", cwd=run.parent)
@@ -285,3 +292,46 @@ def test_of_two_fresh_trains_racing_for_one_run_dir_exactly_one_proceeds(
     status = read_status(run)
     assert status.state == RunState.FINISHED and status.step == 5000 and status.pid == winner.pid
     assert not (run / LOCK_FILE).exists()
+
+
+def _foreign_lock(run: Path, age: float) -> None:
+    """A lock file as a holder on another machine leaves it, last touched ``age`` seconds ago."""
+    (run / LOCK_FILE).write_text("4242 other-node\n")
+    touched = time.time() - age
+    os.utime(run / LOCK_FILE, (touched, touched))
+
+
+def test_another_hosts_lock_is_refused_while_its_heartbeat_is_fresh_and_taken_over_once_stale(tmp_path: Path):
+    _foreign_lock(tmp_path, age=runlock.STALE_SECONDS - 5)
+    with pytest.raises(UserError) as refused, hold_run_lock(tmp_path):
+        pass
+    assert str(refused.value) == (
+        f"run folder {tmp_path} is being trained by process 4242 on other-node; "
+        "wait for it to end, or stop it"
+    )
+    assert (tmp_path / LOCK_FILE).read_text() == "4242 other-node\n"  # the refused writer left it alone
+
+    _foreign_lock(tmp_path, age=runlock.STALE_SECONDS + 5)
+    with hold_run_lock(tmp_path):
+        assert (tmp_path / LOCK_FILE).read_text() == _line(os.getpid())
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_a_waiting_writer_gets_the_run_once_the_other_hosts_holder_goes_stale(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(runlock, "STALE_SECONDS", 1.0)
+    monkeypatch.setattr(runlock, "RETRY_SECONDS", 0.05)
+    _foreign_lock(tmp_path, age=0)
+    started = time.monotonic()
+    with hold_run_lock(tmp_path, wait=5.0):
+        waited = time.monotonic() - started
+    assert 1.0 - 0.1 < waited < 1.0 + runlock.TAKEOVER_SETTLE + 1.0
+
+
+def test_the_holder_keeps_its_lock_fresh_with_a_heartbeat(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(runlock, "HEARTBEAT_SECONDS", 0.05)
+    with hold_run_lock(tmp_path):
+        long_ago = time.time() - 1000
+        os.utime(tmp_path / LOCK_FILE, (long_ago, long_ago))
+        time.sleep(0.5)
+        assert time.time() - (tmp_path / LOCK_FILE).stat().st_mtime < 1.0  # touched again, so another
+        # host, which sees only the file, finds its holder alive
