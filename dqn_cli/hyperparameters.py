@@ -176,6 +176,13 @@ class Hyperparameters:
         "shift each replayed frame stack (obs and next obs) by a random whole number of pixels up to this "
         "many, edges repeated (DrQ, Kostrikov et al. 2020; 4 in DrQ(eps)); 0 = off (Atari)",
     )
+    overlap_emulation: bool = _hp(
+        False,
+        BOOL,
+        "run a training phase's gradient steps while the envs play the vector step (ale-py's send/recv: "
+        "Atari's emulators step on their own threads meanwhile); those updates sample replay without "
+        "that newest step",
+    )
     frame_stack: int = _hp(4, POSITIVE_INT, "frames per observation (Atari)")
     frame_skip: int = _hp(4, POSITIVE_INT, "emulator frames per action, max-pooled over the last two (Atari)")
     noop_max: int = _hp(30, NON_NEGATIVE_INT, "up to this many no-op actions at each reset (Atari)")

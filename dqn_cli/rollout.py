@@ -49,6 +49,7 @@ class Rollout:
         self.episode_returns = np.zeros(hp.n_envs)
         self.episode_lengths = np.zeros(hp.n_envs, dtype=np.int64)
         self.restored_exactly = True
+        self.actions = np.zeros(hp.n_envs, dtype=np.int64)  # of the vector step in flight
         self.restart(seed)
 
     def restart(self, seed: int) -> None:
@@ -59,7 +60,23 @@ class Rollout:
         self.episode_returns[:], self.episode_lengths[:] = 0.0, 0
 
     def step(self, actions: np.ndarray) -> FinishedEpisodes:
-        next_obs, rewards, terminated, truncated, infos = self.envs.step(actions)
+        self.send(actions)
+        return self.receive()
+
+    def send(self, actions: np.ndarray) -> None:
+        """Start a vector step. ale-py's vector env steps its emulators on threads of its own until
+        ``receive``, so the caller can compute meanwhile; other vector envs step in ``receive``."""
+        if hasattr(self.envs, "send"):
+            self.envs.send(actions)
+        self.actions = actions
+
+    def receive(self) -> FinishedEpisodes:
+        """Finish the vector step ``send`` started: hand it to replay and report the episodes that ended."""
+        actions = self.actions
+        if hasattr(self.envs, "recv"):
+            next_obs, rewards, terminated, truncated, infos = self.envs.recv()
+        else:
+            next_obs, rewards, terminated, truncated, infos = self.envs.step(actions)
         done = terminated | truncated
         learn_rewards, learn_terminal = learning_signals(
             self.hp, rewards, terminated, done, self.lives, infos.get("lives")

@@ -12,6 +12,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -287,10 +288,13 @@ class Trainer:
         s, until = self.state, self.hp.n_timesteps if until_step is None else until_step
         with RunSession(run_dir, self.env_id, self.hp, s, quiet) as session:
             while s.step < until and not self._reached_target():
-                previous = s.step
-                self.collect(session)
-                due = phases_due(self.hp, previous, s.step)
-                self.learn(due.updates)
+                after = s.step + self.hp.n_envs
+                due = phases_due(self.hp, s.step, after)
+                if self.hp.overlap_emulation:
+                    self.collect(session, while_stepping=partial(self.learn, due.updates, after))
+                else:
+                    self.collect(session)
+                    self.learn(due.updates, after)
                 self.sync_target(due.target_syncs)
                 if due.evaluate:
                     self.evaluate(session, on_evaluation)
@@ -314,8 +318,9 @@ class Trainer:
         s = self.state
         return s.last_eval_step == s.step and s.last_eval >= self.hp.stop_at_eval_return
 
-    def collect(self, session: RunSession) -> None:
-        """One vector step: random actions before ``learning_starts``, epsilon-greedy after."""
+    def collect(self, session: RunSession, while_stepping: Callable[[], None] | None = None) -> None:
+        """One vector step: random actions before ``learning_starts``, epsilon-greedy after;
+        ``while_stepping`` runs while the envs play it (``overlap_emulation``)."""
         s, epsilon = self.state, self.hp.exploration_rate(self.state.step)
         rng = self.random.numpy
         if s.step < self.hp.learning_starts:
@@ -324,17 +329,20 @@ class Trainer:
             actions = epsilon_greedy(
                 self.agent.online, self.rollout.obs, epsilon, self.n_actions, rng, self.device
             )
-        ended = self.rollout.step(actions)
+        self.rollout.send(actions)
+        if while_stepping is not None:
+            while_stepping()
+        ended = self.rollout.receive()
         s.step += self.hp.n_envs
         if ended.returns:
             session.episodes_ended(ended.returns, ended.lengths, self._drain_loss(), epsilon)
 
-    def learn(self, updates: int) -> None:
-        """``updates`` gradient steps on replayed batches; none while replay is empty (an n-step
-        accumulator may not have completed a transition yet)."""
+    def learn(self, updates: int, step: int) -> None:
+        """``updates`` gradient steps on replayed batches, due at env step ``step``; none while replay is
+        empty (an n-step accumulator may not have completed a transition yet)."""
         if updates == 0 or len(self.replay) == 0:
             return
-        beta = self.hp.importance_exponent(self.state.step)
+        beta = self.hp.importance_exponent(step)
         for _ in range(updates):
             batch = self.replay.sample(self.hp.batch_size, beta)
             loss, td_errors = self.agent.update(batch)
