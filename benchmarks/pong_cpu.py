@@ -1,0 +1,120 @@
+"""Pong on this machine with the atari-cpu preset: per seed, the whole process's wall time, env steps,
+a fresh 10-game evaluation of the kept model and the minutes to the first periodic evaluation >= +18.
+
+Each seed runs `dqn train ALE/Pong-v5 --preset atari-cpu --seed S` alone, one after another; then
+`dqn eval RUN --episodes 10 --json` scores the kept (best-evaluated) model on games it never saw. Writes
+benchmarks/results/pong-atari-cpu.json, the curves benchmarks/pong-cpu-curves.png (`dqn plot`) and a
+table in RESULTS.md.
+
+    python benchmarks/pong_cpu.py --seeds 1 2 3
+
+A run already made with that same command (e.g. under `/usr/bin/time`) is summarized, not rerun, with
+`--existing SEED:RUN_DIR:WALL_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from results import append_results
+
+HERE = Path(__file__).parent
+TARGET = 18.0
+
+
+def train(seed: int, run_dir: Path) -> float:
+    """Whole-process wall time of one training run."""
+    command = ["dqn", "train", "ALE/Pong-v5", "--preset", "atari-cpu", "--seed", str(seed)]
+    start = time.perf_counter()
+    subprocess.run([*command, "--run-dir", str(run_dir), "--quiet"], check=True)
+    return time.perf_counter() - start
+
+
+def summarize(seed: int, run_dir: Path, wall_s: float) -> dict:
+    """The figures of one run, from its metrics.csv and status.json and a fresh evaluation."""
+    with (run_dir / "metrics.csv").open(newline="") as handle:
+        evaluations = [
+            (float(row["wall_time"]), float(row["eval_return"]))
+            for row in csv.DictReader(handle)
+            if row["eval_return"]
+        ]
+    reached = [clock for clock, score in evaluations if score >= TARGET]
+    status = json.loads((run_dir / "status.json").read_text())
+    scored = subprocess.run(
+        ["dqn", "eval", str(run_dir), "--episodes", "10", "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return {
+        "seed": seed,
+        "wall_s": round(wall_s, 1),
+        "steps": status["step"],
+        "eval_mean": json.loads(scored.stdout)["mean_return"],
+        "minutes_to_18": round(reached[0] / 60, 1) if reached else None,
+        "best_periodic_eval": max((score for _, score in evaluations), default=None),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[], help="seeds to train now, one at a time")
+    parser.add_argument(
+        "--existing",
+        nargs="*",
+        default=[],
+        metavar="SEED:RUN_DIR:WALL_S",
+        help="runs made with the same command",
+    )
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/ALE/Pong-v5"), help="where new runs go")
+    args = parser.parse_args()
+    runs = []
+    for entry in args.existing:
+        seed, run_dir, wall = entry.split(":")
+        runs.append((int(seed), Path(run_dir), float(wall)))
+    for seed in args.seeds:
+        run_dir = args.runs_dir / f"atari-cpu-s{seed}"
+        runs.append((seed, run_dir, train(seed, run_dir)))
+    rows = [summarize(seed, run_dir, wall) for seed, run_dir, wall in sorted(runs)]
+    out = HERE / "results" / "pong-atari-cpu.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(
+        json.dumps(
+            [{k: row[k] for k in ("seed", "wall_s", "steps", "eval_mean", "minutes_to_18")} for row in rows],
+            indent=2,
+        )
+        + "\n"
+    )
+    subprocess.run(
+        ["dqn", "plot", *(str(d) for _, d, _ in sorted(runs)), "--out", str(HERE / "pong-cpu-curves.png")],
+        check=True,
+    )
+
+    def minutes(row: dict) -> str:
+        return "not reached" if row["minutes_to_18"] is None else f"{row['minutes_to_18']:.1f}"
+
+    lines = [
+        "| seed | whole process (min) | env steps | fresh 10-game eval of the kept model | minutes to first "
+        "periodic eval >= +18 | best periodic eval |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *(
+            f"| {r['seed']} | {r['wall_s'] / 60:.1f} | {r['steps']:,} | {r['eval_mean']:+.1f} | "
+            f"{minutes(r)} | {r['best_periodic_eval']:+.1f} |"
+            for r in rows
+        ),
+        "",
+        "Minutes to +18 are the run's own clock (metrics.csv `wall_time` of that evaluation's row), from the "
+        "start of training; the whole-process time also counts start-up and the final save. Evaluations: 10 "
+        "games, epsilon 0.05, at most 18,000 frames each (Mnih et al. 2015). Figures as JSON: "
+        "benchmarks/results/pong-atari-cpu.json; curves: benchmarks/pong-cpu-curves.png.",
+    ]
+    append_results("Pong with the atari-cpu preset: dqn train ALE/Pong-v5 --preset atari-cpu --seed S", lines)
+
+
+if __name__ == "__main__":
+    main()
