@@ -342,7 +342,7 @@ def _train_as_ray_task(task: Task, device: str, storage: Storage, board: Any) ->
             on_evaluation=lambda step, mean_return: report(step, hp.n_timesteps, mean_return),
         )
         scored = _scored(env_id, seed, run_dir, result, folder, gym_packages, node_id)
-        return TaskRun(scored, node_id, returned_files(storage, folder))
+        return TaskRun(scored, returned_files(storage, folder))
 
 
 def _train_on_ray(

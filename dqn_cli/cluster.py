@@ -190,11 +190,10 @@ class Reporter:
 
 @dataclass
 class TaskRun:
-    """What a task hands back: its result, the Ray node it ran on and, in return mode, the run's files
-    (path relative to the run folder -> content)."""
+    """What a task hands back: its result and, in return mode, the run's files (path relative to the run
+    folder -> content)."""
 
     result: Any
-    node_id: str
     files: dict[str, bytes] | None
 
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -362,7 +363,6 @@ def _trial_as_ray_task(job: TuneJob, trial_id: int, storage: Storage, board: obj
     """One trial as a Ray task: the driver created it; here it is sampled, trained and told, as a worker
     runs a trial. Ray runs it again if its worker dies, on the same trial."""
     import optuna
-    import ray
 
     from dqn_cli.cluster import Reporter, TaskRun, returned_files, task_folder
     from dqn_cli.training import set_training_threads
@@ -378,7 +378,7 @@ def _trial_as_ray_task(job: TuneJob, trial_id: int, storage: Storage, board: obj
     report(0, 0, None)
     with task_folder(storage, _trial_run_dir(job, trial.number)) as folder:
         line = _run_trial(study, trial, job, trained_in=folder, on_progress=report)
-        return TaskRun(line, ray.get_runtime_context().get_node_id(), returned_files(storage, folder))
+        return TaskRun(line, returned_files(storage, folder))
 
 
 def _run_on_ray(job: TuneJob, ray: Any, storage: Storage) -> None:
@@ -478,29 +478,18 @@ def _run_trial(
         hp = apply_overrides(job.base, params)
         trial.set_user_attr("hyperparameters", hp.to_dict())
         if trained_in is None:
-            result = train(
-                job.env_id,
-                hp,
-                seed=trial.number,
-                preset=job.preset,
-                run_dir=run_dir,
-                device=job.device,
-                quiet=True,
-                runs_root=job.runs_root,
-                on_evaluation=on_evaluation,
-                gym_packages=job.gym_packages,
-            )
+            train_run = partial(train, run_dir=run_dir, quiet=True, runs_root=job.runs_root)
         else:
-            result = train_or_resume(
-                job.env_id,
-                hp,
-                seed=trial.number,
-                preset=job.preset,
-                run_dir=trained_in,
-                device=job.device,
-                gym_packages=job.gym_packages,
-                on_evaluation=on_evaluation,
-            )
+            train_run = partial(train_or_resume, run_dir=trained_in)
+        result = train_run(
+            job.env_id,
+            hp,
+            seed=trial.number,
+            preset=job.preset,
+            device=job.device,
+            gym_packages=job.gym_packages,
+            on_evaluation=on_evaluation,
+        )
     except StopTraining as exc:  # raised only by on_evaluation, so the pruner asked for it
         study.tell(trial, state=TrialState.PRUNED)
         return f"trial {trial.number} {exc} after {time.perf_counter() - started:.1f}s"
