@@ -35,10 +35,9 @@ ENV_ID = "ALE/Pong-v5"
 
 # Each probe runs in its own process, so compiled code, thread pools and allocator state never carry over.
 COMMON = """
-import json, sys, time, tempfile
-from pathlib import Path
+import json, sys, time
 import numpy as np, torch
-from dqn_cli.agent import DQNAgent, greedy_actions
+from dqn_cli.agent import DQNAgent
 from dqn_cli.envs import make_vector_env
 from dqn_cli.hyperparameters import apply_overrides
 from dqn_cli.networks import build_q_network, network_spec
@@ -112,17 +111,12 @@ print(json.dumps({{k: float(np.median(v)) / HP.n_envs for k, v in times.items()}
 """
 
 TRAINING_PROBE = """
-from dqn_cli.training import Trainer
+sys.path.insert(0, {here!r})
+from learning_phase import learning_steps_per_second
 hp = apply_overrides(HP, {{"eval_freq": 0, "checkpoint_freq": 0, "learning_starts": 2000,
                           "n_timesteps": 2000 + {steps}}})
-trainer = Trainer({env_id!r}, hp, 0, "atari-cpu", torch.device("cpu"))
-with tempfile.TemporaryDirectory() as tmp:
-    trainer.run(Path(tmp), quiet=True, until_step=hp.learning_starts)  # random play, untimed
-    start = time.perf_counter()
-    trainer.run(Path(tmp), quiet=True)
-    elapsed = time.perf_counter() - start
-trainer.close()
-print(json.dumps({{"steps_per_second": {steps} / elapsed}}))
+speed, _ = learning_steps_per_second({env_id!r}, hp, "atari-cpu")
+print(json.dumps({{"steps_per_second": speed}}))
 """
 
 
@@ -192,7 +186,9 @@ def main() -> None:
     }
     rows = []
     for label, (overrides, precision, n_envs, threads) in training.items():
-        speed = median_of(repeats, TRAINING_PROBE, overrides, "steps_per_second", threads, steps=args.steps)
+        speed = median_of(
+            repeats, TRAINING_PROBE, overrides, "steps_per_second", threads, steps=args.steps, here=str(HERE)
+        )
         floor_ms = update_ms[precision] * updates_per_step + emulator[n_envs]
         rows.append(
             f"| {label} | {speed:,.0f} | {floor_ms:.2f} | {1000 / floor_ms:,.0f} | "

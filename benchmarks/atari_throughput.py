@@ -22,26 +22,17 @@ from results import append_results
 HERE = Path(__file__).parent
 
 DQN_LOOP = """
-import json, sys, tempfile, time
-from pathlib import Path
+import json, sys
 sys.path.insert(0, {here!r})
 from atari_config import ATARI_CONFIG, ENV_ID
-import torch
+from learning_phase import learning_steps_per_second
 from dqn_cli.hyperparameters import apply_overrides
 from dqn_cli.presets import resolve
-from dqn_cli.training import Trainer
 _, hp = resolve(ENV_ID)
 overrides = {{**ATARI_CONFIG, "eval_freq": 0, "checkpoint_freq": 0, **{overrides!r}}}
 hp = apply_overrides(hp, {{**overrides, "n_timesteps": overrides["learning_starts"] + {steps}}})
-trainer = Trainer(ENV_ID, hp, 0, "atari", torch.device("cpu"))
-with tempfile.TemporaryDirectory() as tmp:
-    trainer.run(Path(tmp), quiet=True, until_step=hp.learning_starts)  # random play, untimed
-    start = time.perf_counter()
-    trainer.run(Path(tmp), quiet=True)
-    elapsed = time.perf_counter() - start
-trainer.close()
-precision = trainer.model_meta["network"]["precision"]
-print(json.dumps({{"steps_per_second": {steps} / elapsed, "precision": precision}}))
+speed, precision = learning_steps_per_second(ENV_ID, hp, "atari")
+print(json.dumps({{"steps_per_second": speed, "precision": precision}}))
 """
 
 SB3_LOOP = """
