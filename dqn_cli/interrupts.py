@@ -7,6 +7,7 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from multiprocessing.process import BaseProcess
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 WORKER_GRACE_SECONDS = 30.0  # a worker stopped mid-run writes its checkpoint first; then it is killed
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+RESEND_DELAY_SECONDS = 0.01  # after a signal Python dropped: long enough to be out of the callback
 
 
 class Interrupted(KeyboardInterrupt):
@@ -36,8 +38,13 @@ def interruptible(signals: Iterable[int] = STOP_SIGNALS, second_exits: bool = Tr
     """Within: the first of ``signals`` raises Interrupted where the main thread is, which unwinds through
     the cleanup of what it was doing. A second one exits at once, as a second Ctrl-C does in training (it is
     the cleanup the first began that it cuts short); or, with ``second_exits=False``, is ignored: a worker
-    may be signalled both by the terminal and by its parent."""
+    may be signalled both by the terminal and by its parent.
+
+    A signal that lands while Python runs a weakref callback or ``__del__`` (an import lock's, say) raises
+    there, where Python prints the exception and drops it; the hook below catches that, forgets the signal
+    and sends it again a moment later, from a thread, so that it lands in ordinary code."""
     received: list[int] = []
+    raised: list[Interrupted] = []
 
     def handle(signum: int, frame: object) -> None:
         if received:
@@ -45,12 +52,26 @@ def interruptible(signals: Iterable[int] = STOP_SIGNALS, second_exits: bool = Tr
                 os._exit(128 + received[0])
             return
         received.append(signum)
-        raise Interrupted(signum)
+        raised.append(Interrupted(signum))
+        raise raised[-1]
+
+    previous_hook = sys.unraisablehook
+
+    def resend_dropped(unraisable: sys.UnraisableHookArgs) -> None:
+        if not (raised and unraisable.exc_value is raised[-1]):
+            previous_hook(unraisable)
+            return
+        signum = received.pop()
+        resend = threading.Timer(RESEND_DELAY_SECONDS, os.kill, (os.getpid(), signum))
+        resend.daemon = True
+        resend.start()
 
     previous = {signum: signal.signal(signum, handle) for signum in signals}
+    sys.unraisablehook = resend_dropped
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 

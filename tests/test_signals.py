@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from helpers import assert_one_line_error, dqn, launch
 from dqn_cli import runfiles
 from dqn_cli.errors import UserError
 from dqn_cli.evaluation import load_trained, make_policy, record_video, video_path
+from dqn_cli.interrupts import Interrupted, interruptible
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
 
@@ -382,3 +384,38 @@ def test_stopped_tune_takes_its_workers_down(tmp_path: Path):
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'runs' / 'tune' / 's.db'}")
     states = [trial.state.name for trial in study.trials]
     assert states and set(states) == {"FAIL"}  # no trial left "running" for ever
+
+
+def test_a_signal_python_drops_in_a_callback_is_raised_again():
+    """A signal landing in a weakref callback (an import lock's, as in `dqn eval` starting up) raises there,
+    where Python drops the exception: interruptible must raise it again in ordinary code, not lose it."""
+
+    class Thing:
+        pass
+
+    def signal_inside(reference: weakref.ref) -> None:
+        signal.raise_signal(signal.SIGTERM)  # the handler runs here, inside the callback
+
+    with pytest.raises(Interrupted) as stopped, interruptible():
+        thing = Thing()
+        reference = weakref.ref(thing, signal_inside)
+        del thing
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            time.sleep(0.001)
+    assert stopped.value.exit_code == INTERRUPTED[signal.SIGTERM]
+    assert reference() is None
+
+
+def test_other_dropped_exceptions_still_reach_the_previous_hook(monkeypatch):
+    seen: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(unraisable.exc_value))
+
+    class Failing:
+        def __del__(self) -> None:
+            raise ValueError("in __del__")
+
+    with interruptible():
+        Failing()
+    assert [type(exception) for exception in seen] == [ValueError]
+    assert sys.unraisablehook is not None and sys.unraisablehook.__name__ == "<lambda>"
