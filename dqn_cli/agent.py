@@ -104,7 +104,9 @@ class DQNAgent:
         self.online = q_network.to(device)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
         # fused: one kernel for all parameters, the cheapest Adam step on CPU and GPU alike
-        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=hp.learning_rate, fused=True)
+        self.optimizer = torch.optim.Adam(
+            self.online.parameters(), lr=hp.learning_rate, eps=hp.adam_eps, fused=True
+        )
         self.loss_fn = F.smooth_l1_loss if hp.loss == "huber" else F.mse_loss
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:

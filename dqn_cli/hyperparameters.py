@@ -94,6 +94,13 @@ class Hyperparameters:
 
     n_timesteps: int = _hp(100_000, POSITIVE_INT, "total environment steps to train for")
     learning_rate: float = _hp(1e-4, POSITIVE_FLOAT, "Adam step size")
+    adam_eps: float = _hp(
+        1e-8,
+        POSITIVE_FLOAT,
+        "Adam's epsilon (PyTorch's default; RL Zoo: policy_kwargs optimizer_kwargs eps); Rainbow and "
+        "data-efficient Rainbow use 1.5e-4, which keeps parameters whose gradients are tiny from taking "
+        "full-size steps",
+    )
     buffer_size: int = _hp(1_000_000, POSITIVE_INT, "replay buffer capacity in transitions")
     learning_starts: int = _hp(100, NON_NEGATIVE_INT, "env steps of uniformly random play before learning")
     batch_size: int = _hp(32, POSITIVE_INT, "transitions per gradient step")

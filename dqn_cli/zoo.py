@@ -138,7 +138,8 @@ def convert_entry(entry: dict[Any, Any], atari: bool) -> tuple[dict[str, Any], l
             if value != ("CnnPolicy" if atari else "MlpPolicy"):
                 ignored.append("policy")
         elif key == "policy_kwargs":
-            layers, unused = _network_layers(value)
+            layers, options, unused = _policy_options(value)
+            settings.update(options)
             ignored += unused
         elif key == "env_kwargs":
             settings["env_kwargs"] = value
@@ -212,16 +213,23 @@ def _steps_per_training(train_freq: Any) -> int:
     raise UserError(f"invalid value for train_freq: {train_freq!r} (expected a number, or [n, 'step'])")
 
 
-def _network_layers(policy_kwargs: Any) -> tuple[list[Any] | None, list[str]]:
-    """The ``net_arch`` of ``policy_kwargs`` (None if it has none), and its arguments dqn has no use
-    for, as ``policy_kwargs.name``."""
+def _policy_options(policy_kwargs: Any) -> tuple[list[Any] | None, dict[str, Any], list[str]]:
+    """The ``net_arch`` of ``policy_kwargs`` (None if it has none), the hyperparameters its optimizer
+    options set (``optimizer_kwargs`` ``eps`` is ``adam_eps``), and its arguments dqn has no use for, as
+    ``policy_kwargs.name``."""
     if isinstance(policy_kwargs, str):
         policy_kwargs = parse_policy_kwargs(policy_kwargs)
     elif not isinstance(policy_kwargs, dict):
         raise UserError(f"invalid value for policy_kwargs: {policy_kwargs!r} (expected 'dict(...)')")
-    layers, ignored = None, []
+    layers, options, ignored = None, {}, []
     for key, value in policy_kwargs.items():
-        if key == "net_arch":
+        if key == "optimizer_kwargs" and isinstance(value, dict):
+            for name, setting in value.items():
+                if name == "eps":
+                    options["adam_eps"] = _number("policy_kwargs optimizer_kwargs eps", setting)
+                else:
+                    ignored.append(f"policy_kwargs.optimizer_kwargs.{name}")
+        elif key == "net_arch":
             if isinstance(value, dict):
                 raise UserError(
                     f"policy_kwargs net_arch {value!r} is an actor-critic's; DQN's is one list of layer sizes"
@@ -229,7 +237,7 @@ def _network_layers(policy_kwargs: Any) -> tuple[list[Any] | None, list[str]]:
             layers = value
         elif not (key == "activation_fn" and isinstance(value, PythonName) and _last(value) == RELU):
             ignored.append(f"policy_kwargs.{key}")
-    return layers, ignored
+    return layers, options, ignored
 
 
 def _atari_wrapper_options(env_wrapper: Any) -> tuple[dict[str, Any], list[str]]:

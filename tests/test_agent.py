@@ -125,3 +125,30 @@ def test_epsilon_greedy_explores_at_rate_epsilon(epsilon, expected_random_share)
     actions = epsilon_greedy(net, obs, epsilon, 2, np.random.default_rng(0), CPU)
     # a random action is 1 half of the time
     assert actions.mean() == pytest.approx(expected_random_share, abs=0.03)
+
+
+def test_adam_eps_is_the_optimizers_and_damps_the_first_step():
+    """Adam's first step is lr * g / (|g| + eps): about lr for every parameter at PyTorch's eps, far
+    less where the gradient is small against a large eps (Rainbow's 1.5e-4 in spirit, exaggerated)."""
+    rng = np.random.default_rng(0)
+    batch = Batch(
+        obs=rng.normal(size=(16, 4)).astype(np.float32),
+        actions=rng.integers(0, 2, size=16),
+        rewards=rng.normal(size=16).astype(np.float32) * 1e-3,
+        next_obs=rng.normal(size=(16, 4)).astype(np.float32),
+        terminated=np.zeros(16, dtype=np.float32),
+        horizons=np.ones(16, dtype=np.float32),
+        weights=None,
+        indices=np.arange(16),
+    )
+    moved = {}
+    for eps in (1e-8, 100.0):
+        torch.manual_seed(0)
+        agent = _agent(adam_eps=eps, learning_rate=1e-3)
+        assert agent.optimizer.param_groups[0]["eps"] == eps
+        before = [p.detach().clone() for p in agent.online.parameters()]
+        agent.update(batch)
+        after = agent.online.parameters()
+        moved[eps] = max((p.detach() - b).abs().max().item() for p, b in zip(after, before, strict=True))
+    assert moved[1e-8] == pytest.approx(1e-3, rel=0.01)
+    assert moved[100.0] < moved[1e-8] / 100

@@ -232,6 +232,17 @@ CartPole-v1:
     assert entry.hyperparameters["net_arch"] == [32]
 
 
+def test_optimizer_eps_becomes_adam_eps_and_other_optimizer_options_are_named():
+    text = """
+atari:
+  policy: CnnPolicy
+  policy_kwargs: "dict(optimizer_kwargs=dict(eps=0.0003125, weight_decay=0.0))"
+"""
+    entry = zoo_entry(text, "ALE/Pong-v5")
+    assert entry.hyperparameters["adam_eps"] == 0.0003125
+    assert entry.ignored == ["policy_kwargs.optimizer_kwargs.weight_decay"]
+
+
 @pytest.mark.slow
 def test_cli_shows_the_warning_as_one_line_and_trains(tmp_path: Path):
     zoo_file = tmp_path / "zoo.yaml"
