@@ -7,6 +7,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from dqn_cli.replay import Batch
+
+
+def random_batch(
+    rng: np.random.Generator, size: int, rewards: np.ndarray, terminated: np.ndarray | None = None
+) -> Batch:
+    """``size`` uniformly weighted transitions of a 4-float observation and 2 actions, with normal random
+    observations and random actions: enough to drive the agent's update by hand."""
+    return Batch(
+        obs=rng.normal(size=(size, 4)).astype(np.float32),
+        actions=rng.integers(0, 2, size),
+        rewards=rewards.astype(np.float32),
+        next_obs=rng.normal(size=(size, 4)).astype(np.float32),
+        terminated=np.zeros(size, dtype=np.float32) if terminated is None else terminated.astype(np.float32),
+        horizons=np.ones(size, dtype=np.float32),
+        weights=None,
+        indices=np.arange(size),
+    )
+
 
 def dqn(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(

@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from helpers import random_batch
 from torch import nn
 
 from dqn_cli.agent import DQNAgent, epsilon_greedy
 from dqn_cli.envs import final_observations, make_vector_env
 from dqn_cli.hyperparameters import Hyperparameters, apply_overrides
 from dqn_cli.networks import build_q_network, network_spec
-from dqn_cli.replay import Batch
 
 CPU = torch.device("cpu")
 
@@ -100,16 +100,7 @@ def test_update_trains_online_network_only_and_reduces_loss():
     torch.manual_seed(0)
     agent = _agent(learning_rate=1e-2)
     rng = np.random.default_rng(0)
-    batch = Batch(
-        obs=rng.normal(size=(32, 4)).astype(np.float32),
-        actions=rng.integers(0, 2, 32),
-        rewards=np.ones(32, dtype=np.float32),
-        next_obs=rng.normal(size=(32, 4)).astype(np.float32),
-        terminated=np.ones(32, dtype=np.float32),
-        horizons=np.ones(32, dtype=np.float32),
-        weights=None,
-        indices=np.arange(32),
-    )
+    batch = random_batch(rng, 32, rewards=np.ones(32), terminated=np.ones(32))
     target_before = [p.clone() for p in agent.target.parameters()]
     first = float(agent.update(batch)[0])
     for _ in range(50):
@@ -131,16 +122,7 @@ def test_adam_eps_is_the_optimizers_and_damps_the_first_step():
     """Adam's first step is lr * g / (|g| + eps): about lr for every parameter at PyTorch's eps, far
     less where the gradient is small against a large eps (Rainbow's 1.5e-4 in spirit, exaggerated)."""
     rng = np.random.default_rng(0)
-    batch = Batch(
-        obs=rng.normal(size=(16, 4)).astype(np.float32),
-        actions=rng.integers(0, 2, size=16),
-        rewards=rng.normal(size=16).astype(np.float32) * 1e-3,
-        next_obs=rng.normal(size=(16, 4)).astype(np.float32),
-        terminated=np.zeros(16, dtype=np.float32),
-        horizons=np.ones(16, dtype=np.float32),
-        weights=None,
-        indices=np.arange(16),
-    )
+    batch = random_batch(rng, 16, rewards=rng.normal(size=16) * 1e-3)
     moved = {}
     for eps in (1e-8, 100.0):
         torch.manual_seed(0)

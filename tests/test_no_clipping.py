@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import random_batch
 from torch import nn
 
 from dqn_cli.agent import DQNAgent
@@ -27,16 +28,7 @@ def _agent(max_grad_norm: float) -> DQNAgent:
 def _batch() -> Batch:
     rng = np.random.default_rng(0)
     # rewards of ~100: large TD errors, so the gradient norm is far above the 1e-3 the clipping test uses
-    return Batch(
-        obs=rng.normal(size=(32, 4)).astype(np.float32),
-        actions=rng.integers(0, 2, 32),
-        rewards=(100 * rng.normal(size=32)).astype(np.float32),
-        next_obs=rng.normal(size=(32, 4)).astype(np.float32),
-        terminated=(rng.random(32) < 0.3).astype(np.float32),
-        horizons=np.ones(32, dtype=np.float32),
-        weights=None,
-        indices=np.arange(32),
-    )
+    return random_batch(rng, 32, rewards=100 * rng.normal(size=32), terminated=rng.random(32) < 0.3)
 
 
 def _unclipped_adam_step(agent: DQNAgent, batch: Batch) -> nn.Module:

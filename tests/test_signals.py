@@ -409,7 +409,11 @@ def test_a_signal_python_drops_in_a_callback_is_raised_again():
 
 def test_other_dropped_exceptions_still_reach_the_previous_hook(monkeypatch):
     seen: list[BaseException | None] = []
-    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(unraisable.exc_value))
+
+    def previous_hook(unraisable: sys.UnraisableHookArgs) -> None:
+        seen.append(unraisable.exc_value)
+
+    monkeypatch.setattr(sys, "unraisablehook", previous_hook)
 
     class Failing:
         def __del__(self) -> None:
@@ -418,4 +422,4 @@ def test_other_dropped_exceptions_still_reach_the_previous_hook(monkeypatch):
     with interruptible():
         Failing()
     assert [type(exception) for exception in seen] == [ValueError]
-    assert sys.unraisablehook is not None and sys.unraisablehook.__name__ == "<lambda>"
+    assert sys.unraisablehook is previous_hook  # restored on leaving
