@@ -8,6 +8,8 @@ table in RESULTS.md.
 
     python benchmarks/pong_cpu.py --seeds 1 2 3
 
+`--minutes M` stops a run that has not won by then with Ctrl-C's signal (the run saves its checkpoint
+and keeps best.safetensors, the model the fresh evaluation scores): the target is a win within 60 minutes.
 A run already made with that same command (e.g. under `/usr/bin/time`) is summarized, not rerun, with
 `--existing SEED:RUN_DIR:WALL_SECONDS`.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -27,11 +30,18 @@ HERE = Path(__file__).parent
 TARGET = 18.0
 
 
-def train(seed: int, run_dir: Path) -> float:
-    """Whole-process wall time of one training run."""
+def train(seed: int, run_dir: Path, minutes: float | None) -> float:
+    """Whole-process wall time of one training run, interrupted (SIGINT, exit 130) after `minutes`."""
     command = ["dqn", "train", "ALE/Pong-v5", "--preset", "atari-cpu", "--seed", str(seed)]
     start = time.perf_counter()
-    subprocess.run([*command, "--run-dir", str(run_dir), "--quiet"], check=True)
+    process = subprocess.Popen([*command, "--run-dir", str(run_dir), "--quiet"])
+    try:
+        process.wait(timeout=None if minutes is None else minutes * 60)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGINT)
+        process.wait()
+    if process.returncode not in (0, 130):
+        raise SystemExit(f"{' '.join(command)} failed with exit code {process.returncode}")
     return time.perf_counter() - start
 
 
@@ -71,6 +81,7 @@ def main() -> None:
         metavar="SEED:RUN_DIR:WALL_S",
         help="runs made with the same command",
     )
+    parser.add_argument("--minutes", type=float, help="interrupt a run still training after M minutes")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/ALE/Pong-v5"), help="where new runs go")
     args = parser.parse_args()
     runs = []
@@ -79,7 +90,7 @@ def main() -> None:
         runs.append((int(seed), Path(run_dir), float(wall)))
     for seed in args.seeds:
         run_dir = args.runs_dir / f"atari-cpu-s{seed}"
-        runs.append((seed, run_dir, train(seed, run_dir)))
+        runs.append((seed, run_dir, train(seed, run_dir, args.minutes)))
     rows = [summarize(seed, run_dir, wall) for seed, run_dir, wall in sorted(runs)]
     out = HERE / "results" / "pong-atari-cpu.json"
     out.parent.mkdir(exist_ok=True)
