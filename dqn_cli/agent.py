@@ -16,15 +16,19 @@ from dqn_cli.replay import Batch
 from dqn_cli.state import State, nest, section
 
 
-def q_values(q_network: nn.Module, obs: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Q(obs, ·) for a batch of observations, without building an autograd graph."""
+def q_values(q_network: nn.Module, obs: np.ndarray, device: torch.device) -> np.ndarray:
+    """Q(obs, ·) for a batch of observations (float32), without building an autograd graph. On the CPU a
+    network that has ``numpy_q_values`` (the MLP) computes them in numpy: for the one observation a
+    classic-control step brings, that is several times cheaper than torch (benchmarks/RESULTS.md)."""
+    if device.type == "cpu" and hasattr(q_network, "numpy_q_values"):
+        return q_network.numpy_q_values(obs)
     with torch.inference_mode():
-        return q_network(torch.as_tensor(obs, device=device))
+        return q_network(torch.as_tensor(obs, device=device)).float().cpu().numpy()
 
 
 def greedy_actions(q_network: nn.Module, obs: np.ndarray, device: torch.device) -> np.ndarray:
     """argmax_a Q(obs, a) for a batch of observations."""
-    return q_values(q_network, obs, device).argmax(dim=1).cpu().numpy()
+    return q_values(q_network, obs, device).argmax(axis=1)
 
 
 def epsilon_greedy(
@@ -63,7 +67,7 @@ def epsilon_greedy_decision(
     where every action is random, so each observation has them; ``rng`` gives exactly what it gives
     ``epsilon_greedy``, so both choose the same actions."""
     explore = rng.random(len(obs)) < epsilon
-    values = q_values(q_network, obs, device).float().cpu().numpy()
+    values = q_values(q_network, obs, device)
     return Decision(_randomized(values.argmax(axis=1), explore, n_actions, rng), values, explore)
 
 

@@ -10,6 +10,7 @@ import math
 from itertools import accumulate, pairwise
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -87,8 +88,9 @@ class MLPQNetwork(nn.Module):
     With ``dueling`` (Wang et al. 2016) the last hidden layer feeds a state value V and action advantages
     A, combined as Q = V + A - mean(A) so that V and A are identifiable.
 
-    ``forward`` calls ``F.linear`` on each layer's parameters instead of calling the layer modules: acting
-    runs this once per env step on a handful of observations, where module-call overhead is half the cost.
+    ``forward`` calls ``F.linear`` on each layer's parameters instead of calling the layer modules, where
+    module-call overhead is half the cost of a small batch; ``numpy_q_values`` is the same network in
+    numpy, for acting on CPU.
     """
 
     def __init__(self, obs_dim: int, n_actions: int, net_arch: list[int], dueling: bool = False) -> None:
@@ -97,6 +99,7 @@ class MLPQNetwork(nn.Module):
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(widths))
         self.head = nn.Linear(widths[-1], n_actions)  # Q-values, or advantages when dueling
         self.value = nn.Linear(widths[-1], 1) if dueling else None
+        self._views: tuple[int, list[tuple[np.ndarray, np.ndarray] | None]] = (0, [])
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.flatten(1).float()
@@ -106,6 +109,37 @@ class MLPQNetwork(nn.Module):
         if self.value is None:
             return q
         return _linear(self.value, x) + q - q.mean(dim=1, keepdim=True)
+
+    def numpy_q_values(self, obs: np.ndarray) -> np.ndarray:
+        """``forward`` in numpy (float32) on views of the weights, which must be on the CPU: acting runs the
+        network on one observation per env step, where torch's per-operation overhead is most of the
+        cost. The same layers in the same order; only the products' rounding may differ, in the last bits."""
+        *hidden, head, value = self._numpy_weights()
+        x = self._numpy_inputs(obs)
+        for weight, bias in hidden:
+            x = np.maximum(x @ weight.T + bias, 0.0)
+        q = x @ head[0].T + head[1]
+        if value is None:
+            return q
+        return x @ value[0].T + value[1] + q - q.mean(axis=1, keepdims=True)
+
+    def _numpy_inputs(self, obs: np.ndarray) -> np.ndarray:
+        return obs.reshape(len(obs), -1).astype(np.float32, copy=False)
+
+    def _numpy_weights(self) -> list:
+        """(weight, bias) of each hidden layer, the head and the value layer (None unless dueling) as numpy
+        views: they share the parameters' memory, so every in-place update (Adam's, a load) shows. Remade
+        when the head's memory moved: the parameters move together (``to``, a copy of the module), and
+        checking one costs a fraction of a microsecond, all of them a dozen."""
+        where = self.head.weight.data_ptr()
+        if self._views[0] != where:
+            layers = [*self.hidden, self.head, self.value]
+            views = [
+                None if layer is None else (layer.weight.detach().numpy(), layer.bias.detach().numpy())
+                for layer in layers
+            ]
+            self._views = (where, views)
+        return self._views[1]
 
 
 class OneHotMLP(MLPQNetwork):
@@ -124,6 +158,12 @@ class OneHotMLP(MLPQNetwork):
         hot = obs.reshape(len(obs), -1).long() + self.offsets
         encoded = torch.zeros(len(obs), self.width, device=obs.device).scatter_(1, hot, 1.0)
         return super().forward(encoded)
+
+    def _numpy_inputs(self, obs: np.ndarray) -> np.ndarray:
+        hot = obs.reshape(len(obs), -1).astype(np.int64) + self.offsets.numpy()
+        encoded = np.zeros((len(obs), self.width), dtype=np.float32)
+        np.put_along_axis(encoded, hot, 1.0, axis=1)
+        return encoded
 
 
 # (out_channels, kernel, stride) of each convolution, ReLU after each.

@@ -4,7 +4,7 @@ import torch
 from helpers import random_batch
 from torch import nn
 
-from dqn_cli.agent import DQNAgent, epsilon_greedy
+from dqn_cli.agent import DQNAgent, epsilon_greedy, greedy_actions, q_values
 from dqn_cli.envs import final_observations, make_vector_env
 from dqn_cli.hyperparameters import Hyperparameters, apply_overrides
 from dqn_cli.networks import build_q_network, network_spec
@@ -134,3 +134,35 @@ def test_adam_eps_is_the_optimizers_and_damps_the_first_step():
         moved[eps] = max((p.detach() - b).abs().max().item() for p, b in zip(after, before, strict=True))
     assert moved[1e-8] == pytest.approx(1e-3, rel=0.01)
     assert moved[100.0] < moved[1e-8] / 100
+
+
+@pytest.mark.parametrize(
+    ("obs_shape", "dtype", "dueling", "one_hot"),
+    [((4,), "float32", False, None), ((8,), "float64", True, None), ((2,), "int64", True, [4, 3])],
+)
+def test_acting_computes_the_mlps_q_values_in_numpy_as_torch_does(obs_shape, dtype, dueling, one_hot):
+    spec = network_spec(obs_shape, 3, [16, 8], dueling, obs_dtype=dtype, one_hot=one_hot)
+    net = build_q_network(spec)
+    rng = np.random.default_rng(0)
+    obs = rng.integers(0, 3, (5, *obs_shape)) if one_hot else rng.normal(size=(5, *obs_shape))
+    obs = obs.astype(dtype)
+    with torch.no_grad():
+        expected = net(torch.as_tensor(obs)).numpy()
+    acted = q_values(net, obs, CPU)
+    assert acted.dtype == np.float32
+    np.testing.assert_allclose(acted, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(greedy_actions(net, obs, CPU), expected.argmax(axis=1))
+
+
+def test_acting_in_numpy_follows_every_update_and_a_reload():
+    agent = _agent(learning_rate=0.1)
+    obs = np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32)
+    before = q_values(agent.online, obs, CPU)
+    for _ in range(3):
+        agent.update(random_batch(np.random.default_rng(2), 16, np.ones(16)))
+    after = q_values(agent.online, obs, CPU)
+    assert not np.allclose(after, before)  # the views saw Adam's in-place steps
+    with torch.no_grad():
+        np.testing.assert_allclose(after, agent.online(torch.as_tensor(obs)).numpy(), rtol=1e-5, atol=1e-6)
+    agent.online.load_state_dict(agent.target.state_dict())  # copied in place, as a resume does
+    np.testing.assert_allclose(q_values(agent.online, obs, CPU), q_values(agent.target, obs, CPU))
