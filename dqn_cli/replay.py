@@ -184,8 +184,11 @@ Transitions = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, 
 class OneStep(Stateless):
     """Each env step is one transition (the paper's DQN): (s, a, r, s', terminal, horizon 1)."""
 
+    def __init__(self, n_envs: int) -> None:
+        self.horizons = np.ones(n_envs, dtype=np.float32)  # read only: shared by every step's transitions
+
     def add(self, keys, actions, rewards, next_keys, terminal, truncated) -> Transitions:
-        return keys, actions, rewards, next_keys, terminal, np.ones(len(actions), dtype=np.float32)
+        return keys, actions, rewards, next_keys, terminal, self.horizons
 
     def clear(self) -> None:
         pass
@@ -283,13 +286,16 @@ class TransitionStorage:
 
     def add(self, obs, actions, rewards, next_obs, terminated, horizons) -> np.ndarray:
         """Store a batch of transitions, overwriting the oldest once full; returns the slots used."""
-        index = (self.position + np.arange(len(actions))) % self.capacity
-        self.obs[index] = obs
-        self.next_obs[index] = next_obs
-        self.actions[index] = actions
-        self.rewards[index] = rewards
-        self.terminated[index] = terminated
-        self.horizons[index] = horizons
+        index = self.position + np.arange(len(actions))
+        # a slice where the slots do not wrap around: writing through one is several times cheaper
+        slots = slice(index[0], index[-1] + 1) if index[-1] < self.capacity else index % self.capacity
+        self.obs[slots] = obs
+        self.next_obs[slots] = next_obs
+        self.actions[slots] = actions
+        self.rewards[slots] = rewards
+        self.terminated[slots] = terminated
+        self.horizons[slots] = horizons
+        index %= self.capacity
         self.position = int(index[-1] + 1) % self.capacity
         self.size = min(self.size + len(actions), self.capacity)
         return index
@@ -434,7 +440,9 @@ class Replay:
             self.keeping = FrameStore(frame_capacity(hp, stack), stack, obs_shape[1:], np.dtype(obs_dtype))
         else:
             self.keeping = CopiedObservations(obs_shape, obs_dtype)
-        self.accumulator = NStepAccumulator(hp.n_step, hp.gamma, hp.n_envs) if hp.n_step > 1 else OneStep()
+        self.accumulator = (
+            NStepAccumulator(hp.n_step, hp.gamma, hp.n_envs) if hp.n_step > 1 else OneStep(hp.n_envs)
+        )
         self.storage = TransitionStorage(hp.buffer_size, self.keeping.key_shape, self.keeping.key_dtype)
         self.sampler: UniformSampler | PrioritizedSampler = (
             PrioritizedSampler(hp.buffer_size, hp.prioritized_replay_alpha, hp.prioritized_replay_eps, rng)

@@ -89,6 +89,8 @@ class Rollout:
         self.obs = next_obs
         self.episode_returns += rewards
         self.episode_lengths += 1
+        if not done.any():  # most steps: nothing to report
+            return FinishedEpisodes([], [])
         ended = np.flatnonzero(done)
         finished = FinishedEpisodes(
             [float(self.episode_returns[i]) for i in ended], [int(self.episode_lengths[i]) for i in ended]
