@@ -113,15 +113,18 @@ class MLPQNetwork(nn.Module):
     def numpy_q_values(self, obs: np.ndarray) -> np.ndarray:
         """``forward`` in numpy (float32) on views of the weights, which must be on the CPU: acting runs the
         network on one observation per env step, where torch's per-operation overhead is most of the
-        cost. The same layers in the same order; only the products' rounding may differ, in the last bits."""
+        cost. The same layers in the same order; only the products' rounding may differ, in the last bits.
+        Overflow gives inf or NaN silently, as torch does: a diverged run is then reported in one line by
+        training's own check, not by numpy's RuntimeWarning on stderr."""
         *hidden, head, value = self._numpy_weights()
         x = self._numpy_inputs(obs)
-        for weight, bias in hidden:
-            x = np.maximum(x @ weight.T + bias, 0.0)
-        q = x @ head[0].T + head[1]
-        if value is None:
-            return q
-        return x @ value[0].T + value[1] + q - q.mean(axis=1, keepdims=True)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for weight, bias in hidden:
+                x = np.maximum(x @ weight.T + bias, 0.0)
+            q = x @ head[0].T + head[1]
+            if value is None:
+                return q
+            return x @ value[0].T + value[1] + q - q.mean(axis=1, keepdims=True)
 
     def _numpy_inputs(self, obs: np.ndarray) -> np.ndarray:
         return obs.reshape(len(obs), -1).astype(np.float32, copy=False)
