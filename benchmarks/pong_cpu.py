@@ -3,15 +3,16 @@ a fresh 10-game evaluation of the kept model and the minutes to the first period
 
 Each seed runs `dqn train ALE/Pong-v5 --preset atari-cpu --seed S` alone, one after another; then
 `dqn eval RUN --episodes 10 --json` scores the kept (best-evaluated) model on games it never saw. Writes
-benchmarks/results/pong-atari-cpu.json, the curves benchmarks/pong-cpu-curves.png (`dqn plot`) and a
-table in RESULTS.md.
+benchmarks/results/pong-atari-cpu.json, the curves benchmarks/pong-cpu-curves-s<SEEDS>.png (`dqn plot`)
+and a table in RESULTS.md.
 
     python benchmarks/pong_cpu.py --seeds 1 2 3
 
 `--minutes M` stops a run that has not won by then with Ctrl-C's signal (the run saves its checkpoint
 and keeps best.safetensors, the model the fresh evaluation scores): the target is a win within 60 minutes.
 A run already made with that same command (e.g. under `/usr/bin/time`) is summarized, not rerun, with
-`--existing SEED:RUN_DIR:WALL_SECONDS`.
+`--existing SEED:RUN_DIR:WALL_SECONDS`. Seeds measured earlier (their runs since deleted) stay in the
+JSON and the table: a seed measured now replaces only its own row. The curves show the runs given now.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, help="interrupt a run still training after M minutes")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/ALE/Pong-v5"), help="where new runs go")
     args = parser.parse_args()
+    if not args.seeds and not args.existing:
+        parser.error("give --seeds to train, or --existing runs to summarize")
     runs = []
     for entry in args.existing:
         seed, run_dir, wall = entry.split(":")
@@ -91,20 +94,14 @@ def main() -> None:
     for seed in args.seeds:
         run_dir = args.runs_dir / f"atari-cpu-s{seed}"
         runs.append((seed, run_dir, train(seed, run_dir, args.minutes)))
-    rows = [summarize(seed, run_dir, wall) for seed, run_dir, wall in sorted(runs)]
     out = HERE / "results" / "pong-atari-cpu.json"
+    measured = {row["seed"]: row for row in json.loads(out.read_text())} if out.exists() else {}
+    measured |= {seed: summarize(seed, run_dir, wall) for seed, run_dir, wall in runs}
+    rows = [measured[seed] for seed in sorted(measured)]
     out.parent.mkdir(exist_ok=True)
-    out.write_text(
-        json.dumps(
-            [{k: row[k] for k in ("seed", "wall_s", "steps", "eval_mean", "minutes_to_18")} for row in rows],
-            indent=2,
-        )
-        + "\n"
-    )
-    subprocess.run(
-        ["dqn", "plot", *(str(d) for _, d, _ in sorted(runs)), "--out", str(HERE / "pong-cpu-curves.png")],
-        check=True,
-    )
+    out.write_text(json.dumps(rows, indent=2) + "\n")
+    curves = HERE / f"pong-cpu-curves-{'-'.join(f's{seed}' for seed, _, _ in sorted(runs))}.png"
+    subprocess.run(["dqn", "plot", *(str(d) for _, d, _ in sorted(runs)), "--out", str(curves)], check=True)
 
     def minutes(row: dict) -> str:
         return "not reached" if row["minutes_to_18"] is None else f"{row['minutes_to_18']:.1f}"
@@ -122,7 +119,7 @@ def main() -> None:
         "Minutes to +18 are the run's own clock (metrics.csv `wall_time` of that evaluation's row), from the "
         "start of training; the whole-process time also counts start-up and the final save. Evaluations: 10 "
         "games, epsilon 0.05, at most 18,000 frames each (Mnih et al. 2015). Figures as JSON: "
-        "benchmarks/results/pong-atari-cpu.json; curves: benchmarks/pong-cpu-curves.png.",
+        f"benchmarks/results/pong-atari-cpu.json; curves of the runs measured now: benchmarks/{curves.name}.",
     ]
     append_results("Pong with the atari-cpu preset: dqn train ALE/Pong-v5 --preset atari-cpu --seed S", lines)
 
