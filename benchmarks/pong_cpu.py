@@ -100,8 +100,9 @@ def main() -> None:
     rows = [measured[seed] for seed in sorted(measured)]
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(rows, indent=2) + "\n")
-    curves = HERE / f"pong-cpu-curves-{'-'.join(f's{seed}' for seed, _, _ in sorted(runs))}.png"
-    subprocess.run(["dqn", "plot", *(str(d) for _, d, _ in sorted(runs)), "--out", str(curves)], check=True)
+    given = sorted(runs)
+    curves = HERE / f"pong-cpu-curves-{'-'.join(f's{seed}' for seed, _, _ in given)}.png"
+    subprocess.run(["dqn", "plot", *(str(d) for _, d, _ in given), "--out", str(curves)], check=True)
 
     def minutes(row: dict) -> str:
         return "not reached" if row["minutes_to_18"] is None else f"{row['minutes_to_18']:.1f}"
