@@ -4,7 +4,7 @@ import torch
 from helpers import random_batch
 from torch import nn
 
-from dqn_cli.agent import DQNAgent, epsilon_greedy, greedy_actions, q_values
+from dqn_cli.agent import DQNAgent, bootstrap_discounts, epsilon_greedy, greedy_actions, q_values
 from dqn_cli.envs import final_observations, make_vector_env
 from dqn_cli.hyperparameters import Hyperparameters, apply_overrides
 from dqn_cli.networks import build_q_network, network_spec
@@ -36,16 +36,25 @@ def test_td_target_terminated_does_not_bootstrap_but_truncated_does():
     rewards = torch.tensor([1.0, 1.0, -1.0])
     # Row 0 ended by termination; rows 1 and 2 were cut by the time limit (stored as not terminated),
     # so they bootstrap from the true final observation.
-    terminated = torch.tensor([1.0, 0.0, 0.0])
-    targets = agent.td_targets(rewards, next_obs, terminated, torch.ones(3))
+    terminated = np.array([1.0, 0.0, 0.0], dtype=np.float32)
+    discounts = bootstrap_discounts(agent.hp.gamma, np.ones(3, dtype=np.float32), terminated)
+    targets = agent.td_targets(rewards, next_obs, torch.from_numpy(discounts))
     assert targets.tolist() == [1.0, 1.0 + 0.5 * 2.0, -1.0 + 0.5 * 4.0]
+
+
+def test_bootstrap_discount_is_gamma_to_the_horizon_and_zero_after_a_terminal():
+    discounts = bootstrap_discounts(
+        0.5, np.array([1.0, 3.0, 3.0], dtype=np.float32), np.array([0.0, 0.0, 1.0], dtype=np.float32)
+    )
+    assert discounts.dtype == np.float32
+    assert discounts.tolist() == [0.5, 0.125, 0.0]
 
 
 def test_double_dqn_picks_action_with_online_and_values_it_with_target():
     agent = _agent(double_q=True)
     agent.online, agent.target = ObsAsQ(-1.0), ObsAsQ(1.0)
     next_obs = torch.tensor([[1.0, 3.0], [2.0, 0.0]])
-    targets = agent.td_targets(torch.zeros(2), next_obs, torch.zeros(2), torch.ones(2))
+    targets = agent.td_targets(torch.zeros(2), next_obs, torch.full((2,), 0.5))
     # online argmax of -obs = argmin of obs: action 0 (value 1) and action 1 (value 0)
     assert targets.tolist() == [0.5, 0.0]
 

@@ -91,7 +91,7 @@ def test_n_step_keeps_vector_env_episodes_apart():
 
 
 def test_n_step_td_target_discounts_by_gamma_to_the_horizon():
-    from dqn_cli.agent import DQNAgent
+    from dqn_cli.agent import DQNAgent, bootstrap_discounts
     from dqn_cli.hyperparameters import Hyperparameters, apply_overrides
     from dqn_cli.networks import build_q_network, network_spec
 
@@ -101,11 +101,11 @@ def test_n_step_td_target_discounts_by_gamma_to_the_horizon():
         torch.device("cpu"),
     )
     agent.target = lambda obs: obs  # Q-values are the observation
+    horizons, terminated = np.array([3.0, 1.0], dtype=np.float32), np.zeros(2, dtype=np.float32)
     targets = agent.td_targets(
         torch.tensor([1.0, 1.0]),
         torch.tensor([[2.0, 8.0], [8.0, 0.0]]),
-        torch.zeros(2),
-        torch.tensor([3.0, 1.0]),
+        torch.from_numpy(bootstrap_discounts(agent.hp.gamma, horizons, terminated)),
     )
     assert targets.tolist() == [1 + 0.125 * 8, 1 + 0.5 * 8]
 
