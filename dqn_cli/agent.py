@@ -186,24 +186,32 @@ class DQNAgent:
             for name, tensor in values.items()
         }
         return {
-            **nest({"online": _arrays(self.online), "target": _arrays(self.target), "optimizer": moments}),
+            **nest(
+                {
+                    "online": network_arrays(self.online),
+                    "target": network_arrays(self.target),
+                    "optimizer": moments,
+                }
+            ),
             "optimizer_groups": optimizer["param_groups"],
         }
 
     def load_state_dict(self, state: State) -> None:
         """Raises KeyError, ValueError or RuntimeError when the state is of another network."""
-        self.online.load_state_dict(_tensors(section(state, "online")))
-        self.target.load_state_dict(_tensors(section(state, "target")))
+        self.online.load_state_dict(state_tensors(section(state, "online")))
+        self.target.load_state_dict(state_tensors(section(state, "target")))
         moments: dict[int, dict[str, torch.Tensor]] = {}
-        for key, tensor in _tensors(section(state, "optimizer")).items():
+        for key, tensor in state_tensors(section(state, "optimizer")).items():
             index, name = key.split("/")
             moments.setdefault(int(index), {})[name] = tensor
         self.optimizer.load_state_dict({"state": moments, "param_groups": state["optimizer_groups"]})
 
 
-def _arrays(network: nn.Module) -> dict[str, np.ndarray]:
+def network_arrays(network: nn.Module) -> dict[str, np.ndarray]:
+    """A network's weights as numpy arrays, by state_dict key: what a checkpoint stores."""
     return {key: tensor.cpu().numpy() for key, tensor in network.state_dict().items()}
 
 
-def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+def state_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Arrays from a checkpoint as tensors, for ``load_state_dict``."""
     return {key: torch.from_numpy(np.ascontiguousarray(array)) for key, array in arrays.items()}

@@ -190,6 +190,14 @@ class Hyperparameters:
         "Atari's emulators step on their own threads meanwhile); those updates sample replay without "
         "that newest step",
     )
+    actor_process: bool = _hp(
+        False,
+        BOOL,
+        "play the training envs in a second process, a training phase at a time, while this one runs the "
+        "phase's gradient steps (two cores: the env loop and the update each get one); each phase is "
+        "played with the weights from before the updates its start made due (not Atari: use "
+        "overlap_emulation there; needs fork: Linux or macOS)",
+    )
     frame_stack: int = _hp(4, POSITIVE_INT, "frames per observation (Atari)")
     frame_skip: int = _hp(4, POSITIVE_INT, "emulator frames per action, max-pooled over the last two (Atari)")
     noop_max: int = _hp(30, NON_NEGATIVE_INT, "up to this many no-op actions at each reset (Atari)")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dqn_cli.actor import ActorProcess, fork_available
 from dqn_cli.agent import DQNAgent, epsilon_greedy
 from dqn_cli.atari import is_atari
 from dqn_cli.checkpoint import (
@@ -230,6 +231,7 @@ class Trainer:
             self.agent = DQNAgent(build_q_network(spec), hp, device)
             self.replay = _replay_that_fits(hp, obs_space.shape, obs_space.dtype, self.random.numpy)
             self.rollout = Rollout(envs, hp, self.replay, seed)
+            self.actor = self._actor_process(env_id, seed)
         except BaseException:
             envs.close()
             raise
@@ -245,7 +247,18 @@ class Trainer:
             "hyperparameters": hp.to_dict(),
         }
 
+    def _actor_process(self, env_id: str, seed: int) -> ActorProcess | None:
+        if not self.hp.actor_process:
+            return None
+        if is_atari(env_id):  # ale-py's emulator threads would not survive the fork
+            raise UserError("actor_process plays non-Atari envs; for Atari, overlap_emulation overlaps them")
+        if not fork_available():
+            raise UserError("actor_process needs processes started by fork (Linux, macOS); set it false")
+        return ActorProcess(self.rollout, self.agent.online, self.hp, self.n_actions, seed)
+
     def close(self) -> None:
+        if self.actor is not None:
+            self.actor.close()
         self.rollout.close()
 
     def step_costs(self) -> StepCosts:
@@ -259,13 +272,16 @@ class Trainer:
 
     def parts(self) -> dict[str, Stateful]:
         """Everything a checkpoint holds, by name."""
-        return {
+        parts: dict[str, Stateful] = {
             "agent": self.agent,
             "replay": self.replay,
             "rollout": self.rollout,
             "random": self.random,
             "loop": self.state,
         }
+        if self.actor is not None:
+            parts["actor"] = self.actor
+        return parts
 
     def restore(self, state: dict, origin: Path) -> bool:
         """Load a checkpoint; returns False when the envs could not be restored and were reset instead."""
@@ -286,24 +302,13 @@ class Trainer:
         """Train to ``until_step`` env steps (default: ``n_timesteps``), or until an evaluation reaches
         ``stop_at_eval_return``; ``on_evaluation(step, mean_return)`` runs after each evaluation."""
         s, until = self.state, self.hp.n_timesteps if until_step is None else until_step
+        if self.actor is not None:
+            self.actor.start()  # forked before the session's threads (TensorBoard's writer) exist
         with RunSession(run_dir, self.env_id, self.hp, s, quiet) as session:
-            while s.step < until and not self._reached_target():
-                after = s.step + self.hp.n_envs
-                due = phases_due(self.hp, s.step, after)
-                if self.hp.overlap_emulation:
-                    self.collect(session, while_stepping=partial(self.learn, due.updates, after))
-                else:
-                    self.collect(session)
-                    self.learn(due.updates, after)
-                self.sync_target(due.target_syncs)
-                if due.evaluate:
-                    self.evaluate(session, on_evaluation)
-                if due.checkpoint:
-                    self.checkpoint(session)
-                session.show_progress(self.hp.exploration_rate(s.step))
-                if session.stop_signal is not None:
-                    self.checkpoint(session)
-                    raise TrainingInterrupted(session.stop_signal, run_dir, s.step)
+            if self.actor is None:
+                self._run_steps(session, until, on_evaluation)
+            else:
+                self._run_with_actor(session, until, on_evaluation)
             self.save_model(session, FINAL_MODEL, s.last_eval if s.last_eval_step == s.step else None)
             self.checkpoint(session)
         stopped_early = None
@@ -313,6 +318,69 @@ class Trainer:
                 f"stop_at_eval_return = {self.hp.stop_at_eval_return:g}"
             )
         return TrainResult(run_dir, s.step, s.wall_time, s.best_eval, s.last_eval, s.updates, stopped_early)
+
+    def _run_steps(self, session: RunSession, until: int, on_evaluation: EvaluationHook | None) -> None:
+        """The loop a vector step per turn: collect it, then whatever it made due."""
+        s = self.state
+        while s.step < until and not self._reached_target():
+            after = s.step + self.hp.n_envs
+            due = phases_due(self.hp, s.step, after)
+            if self.hp.overlap_emulation:
+                self.collect(session, while_stepping=partial(self.learn, due.updates, after))
+            else:
+                self.collect(session)
+                self.learn(due.updates, after)
+            self.after_updates(session, due, on_evaluation)
+            session.show_progress(self.hp.exploration_rate(s.step))
+            self._stop_if_signalled(session)
+
+    def _run_with_actor(self, session: RunSession, until: int, on_evaluation: EvaluationHook | None) -> None:
+        """The loop with the envs in the actor process (``actor.py``), a phase per turn: take in the phase
+        just played, start the next (unless something below needs the envs idle), then the updates the
+        boundary made due, meanwhile."""
+        s, actor = self.state, self.actor
+        assert actor is not None
+        published = s.updates  # updates done when the acting weights were last published (restored too)
+        while actor.in_flight or (s.step < until and not self._reached_target()):
+            before = s.step
+            if actor.in_flight:
+                for ended in actor.finish(self.replay):
+                    epsilon = self.hp.exploration_rate(s.step)
+                    s.step += self.hp.n_envs
+                    if ended.returns:
+                        session.episodes_ended(ended.returns, ended.lengths, self._drain_loss(), epsilon)
+            due = phases_due(self.hp, before, s.step)
+            if published != s.updates:
+                actor.publish(self.agent.online)
+                published = s.updates
+            if not (due.evaluate or due.checkpoint):  # else after them: they need the envs idle
+                self._play_next(actor, session, until)
+            self.learn(due.updates, s.step)
+            self.after_updates(session, due, on_evaluation)
+            self._play_next(actor, session, until)
+            session.show_progress(self.hp.exploration_rate(s.step))
+            if not actor.in_flight:
+                self._stop_if_signalled(session)
+
+    def _play_next(self, actor: ActorProcess, session: RunSession, until: int) -> None:
+        """Start the next phase unless one is in flight or the loop is about to end."""
+        if actor.in_flight or self.state.step >= until or session.stop_signal is not None:
+            return
+        if not self._reached_target():
+            actor.play(self.state.step, until)
+
+    def after_updates(self, session: RunSession, due: Due, on_evaluation: EvaluationHook | None) -> None:
+        """What a boundary makes due after its gradient steps: target syncs, an evaluation, a checkpoint."""
+        self.sync_target(due.target_syncs)
+        if due.evaluate:
+            self.evaluate(session, on_evaluation)
+        if due.checkpoint:
+            self.checkpoint(session)
+
+    def _stop_if_signalled(self, session: RunSession) -> None:
+        if session.stop_signal is not None:
+            self.checkpoint(session)
+            raise TrainingInterrupted(session.stop_signal, session.run_dir, self.state.step)
 
     def _reached_target(self) -> bool:
         s = self.state
@@ -378,6 +446,8 @@ class Trainer:
             on_evaluation(s.step, s.last_eval)
 
     def checkpoint(self, session: RunSession) -> None:
+        if self.actor is not None:
+            self.actor.sync()  # the envs' state, from the process that plays them
         self._collect_loss()
         self._check_finite()
         session.bank_time()
