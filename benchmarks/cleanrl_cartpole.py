@@ -34,9 +34,14 @@ learning_starts 10,000, train_frequency 10, seed 1. What still differs:
   (`training.set_training_threads`); CleanRL leaves torch's default, one per core. The environment of
   neither process is changed: a peer run in a setting of ours measures ours, not the peer.
 - Device: CPU for both (`--device cpu`, `--cuda False`).
+- `dqn` runs twice: as it trains by default, and with `actor_process = true` (the envs play in a second
+  process while the first runs the update; each phase is then acted with the weights from before that
+  boundary's gradient step, one step of 49,000 behind, while the updates see the same replay). The
+  hyperparameters are CleanRL's in both.
 
-Each round runs `dqn` then CleanRL with seed = the round number (1 = CleanRL's default), each a whole
-process timed from launch to exit, start-up included; env steps/s = total_timesteps / that time.
+Each round runs `dqn`, `dqn` with the actor process, then CleanRL, one at a time, with seed = the round
+number (1 = CleanRL's default), each a whole process timed from launch to exit, start-up included; env
+steps/s = total_timesteps / that time.
 
     python benchmarks/cleanrl_cartpole.py --repeats 3
     python benchmarks/cleanrl_cartpole.py --steps 12000 --repeats 1 --print-only   # a smoke test
@@ -101,6 +106,8 @@ DQN_FIXED = {
     "prioritized_replay": False,
     "eval_freq": 0,
 }
+# dqn as it trains by default, and with the envs in a process of their own (same hyperparameters)
+DQN_VARIANTS = {"dqn": {}, "dqn actor_process": {"actor_process": True}}
 SOLVED = 475.0
 
 
@@ -136,9 +143,9 @@ def mean_of_last_100(returns: list[float]) -> float:
     return statistics.fmean(returns[-100:]) if returns else math.nan
 
 
-def run_dqn(settings: dict[str, Any], seed: int, workdir: Path) -> tuple[float, float, float]:
+def run_dqn(settings: dict[str, Any], seed: int, workdir: Path, name: str) -> tuple[float, float, float]:
     """Wall time, mean of the last 100 training episodes and the final model's 20-episode greedy mean."""
-    run_dir = workdir / f"dqn-{seed}"
+    run_dir = workdir / f"{name.replace(' ', '-')}-{seed}"
     sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={toml_value(value)}")]
     command = ["dqn", "train", "CartPole-v1", "--seed", str(seed), "--device", "cpu", "--quiet"]
     wall, _ = run([*command, "--run-dir", str(run_dir), *sets], workdir)
@@ -176,40 +183,46 @@ def main() -> None:
     settings = {dqn_key: defaults[key] for key, dqn_key in CLEANRL_TO_DQN.items()}
     settings |= DQN_FIXED | {"n_timesteps": steps}
 
-    rows = []
+    rows = []  # (seed, tool, wall, last 100 train episodes, greedy eval or nan)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(1, args.repeats + 1):
-            dqn_wall, dqn_train, dqn_eval = run_dqn(settings, seed, Path(tmp))
-            cleanrl_wall, cleanrl_train = run_cleanrl(python, steps, seed, Path(tmp))
-            rows.append((seed, dqn_wall, dqn_train, dqn_eval, cleanrl_wall, cleanrl_train))
-            print(
-                f"seed {seed}: dqn {dqn_wall:.1f} s ({steps / dqn_wall:,.0f} steps/s), eval {dqn_eval:.1f} "
-                f"| CleanRL {cleanrl_wall:.1f} s ({steps / cleanrl_wall:,.0f} steps/s)",
-                flush=True,
-            )
-    dqn_rate = statistics.median(steps / r[1] for r in rows)
-    cleanrl_rate = statistics.median(steps / r[4] for r in rows)
+            for name, extra in DQN_VARIANTS.items():
+                rows.append((seed, name, *run_dqn(settings | extra, seed, Path(tmp), name)))
+            rows.append((seed, f"CleanRL {cleanrl['version']}", *run_cleanrl(python, steps, seed, Path(tmp))))
+            rows[-1] += (math.nan,)
+            for _, name, wall, _, greedy in rows[-len(DQN_VARIANTS) - 1 :]:
+                print(f"seed {seed}: {name} {wall:.1f} s ({steps / wall:,.0f} steps/s), greedy {greedy:.1f}")
+                sys.stdout.flush()
+    rates = {
+        name: statistics.median(steps / row[2] for row in rows if row[1] == name)
+        for name in dict.fromkeys(row[1] for row in rows)
+    }
+    cleanrl_rate = rates.pop(f"CleanRL {cleanrl['version']}")
     config = ", ".join(f"{key} {defaults[key]}" for key in CLEANRL_TO_DQN)
     lines = [
         f"CleanRL {cleanrl['version']} `cleanrl/dqn.py`, its defaults: {config}; MLP 120-84, MSE, "
         "no gradient clipping, Adam. dqn: the same via `--set` "
-        f"({', '.join(f'{k}={toml_value(v)}' for k, v in settings.items())}). "
-        "One env each, threads as each tool ships (dqn 1, CleanRL torch's default), CPU; whole processes, "
-        "start-up included; "
-        "differences and choices in the script's docstring.",
+        f"({', '.join(f'{k}={toml_value(v)}' for k, v in settings.items())}); `dqn actor_process` adds "
+        "`--set actor_process=true` (the envs play in a second process, each phase acted with the weights "
+        "from before that boundary's update). One env each, threads as each tool ships (dqn's learner 1, "
+        "CleanRL torch's default), CPU; whole processes, start-up included; differences and choices in "
+        "the script's docstring. Each round runs the rows in this order, one at a time.",
         "",
-        "| seed | dqn wall (s) | dqn env steps/s | dqn last 100 train ep | dqn final model, 20 greedy ep "
-        "| CleanRL wall (s) | CleanRL env steps/s | CleanRL last 100 train ep |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| seed | tool | wall (s) | env steps/s | last 100 train ep | final model, 20 greedy ep |",
+        "| --- | --- | --- | --- | --- | --- |",
         *(
-            f"| {s} | {dw:.1f} | {steps / dw:,.0f} | {dt:.1f} | {de:.1f} | {cw:.1f} | {steps / cw:,.0f} "
-            f"| {ct:.1f} |"
-            for s, dw, dt, de, cw, ct in rows
+            f"| {seed} | {name} | {wall:.1f} | {steps / wall:,.0f} | {train:.1f} | "
+            f"{'-' if math.isnan(greedy) else f'{greedy:.1f}'} |"
+            for seed, name, wall, train, greedy in rows
         ),
         "",
-        f"Median env steps/s: dqn {dqn_rate:,.0f}, CleanRL {cleanrl_rate:,.0f}; ratio dqn/CleanRL = "
-        f"{dqn_rate / cleanrl_rate:.2f} (target >= 2). dqn final models at >= {SOLVED:.0f} over 20 greedy "
-        f"episodes: {sum(r[3] >= SOLVED for r in rows)}/{len(rows)}.",
+        f"Median env steps/s: CleanRL {cleanrl_rate:,.0f}; "
+        + "; ".join(
+            f"{name} {rate:,.0f} = {rate / cleanrl_rate:.2f}x CleanRL, final models at >= {SOLVED:.0f} over "
+            f"20 greedy episodes: {sum(r[4] >= SOLVED for r in rows if r[1] == name)}/{args.repeats}"
+            for name, rate in rates.items()
+        )
+        + " (target: >= 2x, greedy >= 475).",
     ]
     append_results(
         f"CartPole-v1 on CleanRL's DQN config: dqn vs CleanRL {cleanrl['version']}", lines, args.print_only
