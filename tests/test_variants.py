@@ -193,7 +193,13 @@ def test_sum_tree_set_with_no_indices_changes_nothing():
         assert tree.find(np.array([1.0, 1.5, 6.0])).tolist() == [0, 1, 2]
 
 
-VARIANTS = ["dueling=true", "n_step=3", "prioritized_replay=true", "overlap_emulation=true", "actor_process=true"]
+VARIANTS = [
+    "dueling=true",
+    "n_step=3",
+    "prioritized_replay=true",
+    "overlap_emulation=true",
+    "actor_process=true",
+]
 TINY = [
     "n_timesteps=2000",
     "learning_starts=200",
