@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dqn_cli.agent import epsilon_greedy, network_arrays, state_tensors
+from dqn_cli.agent import network_arrays, state_tensors, training_actions
 from dqn_cli.errors import UserError
 from dqn_cli.hyperparameters import Hyperparameters
 from dqn_cli.interrupts import die_with_parent
@@ -278,14 +278,9 @@ class ActorProcess:
                 time.sleep(IDLE_SLEEP)
 
     def _play_phase(self) -> None:
-        hp, rollout, rng, staging = self.hp, self.rollout, self.rng, self.staging
-        step = self.control[START_STEP]
+        hp, rollout, staging, step = self.hp, self.rollout, self.staging, self.control[START_STEP]
         for index in range(self.control[LENGTH]):
-            if step < hp.learning_starts:
-                actions = rng.integers(0, self.n_actions, size=hp.n_envs)
-            else:
-                epsilon = hp.exploration_rate(step)
-                actions = epsilon_greedy(self.acting, rollout.obs, epsilon, self.n_actions, rng, _CPU)
+            actions = training_actions(self.acting, rollout.obs, step, hp, self.n_actions, self.rng, _CPU)
             staging.cursor = index
             staging.add_episodes(rollout.step(actions))
             step += hp.n_envs

@@ -46,6 +46,22 @@ def epsilon_greedy(
     return _randomized(greedy_actions(q_network, obs, device), explore, n_actions, rng)
 
 
+def training_actions(
+    q_network: nn.Module,
+    obs: np.ndarray,
+    step: int,
+    hp: Hyperparameters,
+    n_actions: int,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> np.ndarray:
+    """The actions a training env step plays at env step ``step``: uniformly random before
+    ``learning_starts``, then epsilon-greedy on the schedule's epsilon."""
+    if step < hp.learning_starts:
+        return rng.integers(0, n_actions, size=len(obs))
+    return epsilon_greedy(q_network, obs, hp.exploration_rate(step), n_actions, rng, device)
+
+
 def bootstrap_discounts(gamma: float, horizons: np.ndarray, terminated: np.ndarray) -> np.ndarray:
     """gamma^h * (1 - terminated): what each transition's bootstrapped value is worth in its TD target (h
     rewards summed; none after a true terminal). Computed in numpy on the batch, the cheaper side for these

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from dqn_cli.actor import ActorProcess, fork_available
-from dqn_cli.agent import DQNAgent, epsilon_greedy
+from dqn_cli.agent import DQNAgent, training_actions
 from dqn_cli.atari import is_atari
 from dqn_cli.checkpoint import (
     CHECKPOINT_FILE,
@@ -389,14 +389,10 @@ class Trainer:
     def collect(self, session: RunSession, while_stepping: Callable[[], None] | None = None) -> None:
         """One vector step: random actions before ``learning_starts``, epsilon-greedy after;
         ``while_stepping`` runs while the envs play it (``overlap_emulation``)."""
-        s, epsilon = self.state, self.hp.exploration_rate(self.state.step)
-        rng = self.random.numpy
-        if s.step < self.hp.learning_starts:
-            actions = rng.integers(0, self.n_actions, size=self.hp.n_envs)
-        else:
-            actions = epsilon_greedy(
-                self.agent.online, self.rollout.obs, epsilon, self.n_actions, rng, self.device
-            )
+        s, epsilon, rng = self.state, self.hp.exploration_rate(self.state.step), self.random.numpy
+        actions = training_actions(
+            self.agent.online, self.rollout.obs, s.step, self.hp, self.n_actions, rng, self.device
+        )
         self.rollout.send(actions)
         if while_stepping is not None:
             while_stepping()
