@@ -1,10 +1,12 @@
-"""Helpers shared by the test modules (no tests here): run the `dqn` command and check its errors.
+"""Helpers shared by the test modules (no tests here): run the `dqn` command, check its errors, find its
+processes.
 
 Imported as ``from helpers import ...``: pytest's default (prepend) import mode puts tests/ on sys.path.
 """
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +63,44 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0]
+
+
+# --- processes, read from /proc (Linux) ---------------------------------------------------------------
+
+
+def process_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state, ppid, ...); None once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    fields = process_stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")  # a zombie has ended
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below ``pid``, with its command line."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := process_stat(int(entry.name))) is not None:
+            parents[int(entry.name)] = int(fields[1])
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child in (p for p, pp in parents.items() if pp == parent):
+            try:
+                found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            frontier.append(child)
+    return found
+
+
+def assert_gone(processes: dict[int, str], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while any(alive(pid) for pid in processes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [command for pid, command in processes.items() if alive(pid)]

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_gone, descendants, launch
 from safetensors.numpy import load_file
 
 from dqn_cli.actor import ActorFailed, phase_length
@@ -138,19 +138,6 @@ def test_atari_is_refused_in_one_line(tmp_path: Path):
     assert not (tmp_path / "a").exists()
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-                found.append(int(entry.name))
-    return found
-
-
 def _rows(csv: Path) -> int:
     try:
         return len(csv.read_text().splitlines())
@@ -158,36 +145,24 @@ def _rows(csv: Path) -> int:
         return 0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_the_child_ends_with_its_parent(tmp_path: Path, signum: int):
     """Ctrl-C (to the whole group, as a terminal sends it) checkpoints and exits 130 with the child gone;
     kill -9 of the parent takes the child down too."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dqn_cli", "train", "CartPole-v1", "--run-dir", "run", "--device", "cpu",
-         "--set", "actor_process=true", "--set", "n_timesteps=10000000", "--set", "learning_starts=1000"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    process = launch(
+        "train", "CartPole-v1", "--run-dir", "run", "--device", "cpu", "--set", "actor_process=true",
+        "--set", "n_timesteps=10000000", "--set", "learning_starts=1000", cwd=tmp_path, own_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 60
     metrics = tmp_path / "run" / "metrics.csv"
-    while not (children := _children(process.pid)) or _rows(metrics) < 2:  # training, episodes ending
+    while not (children := descendants(process.pid)) or _rows(metrics) < 2:  # training, episodes ending
         assert process.poll() is None, process.communicate()[1]
         assert time.monotonic() < deadline, "the actor process never started"
         time.sleep(0.05)
     (os.killpg if signum == signal.SIGINT else os.kill)(process.pid, signum)
     _, stderr = process.communicate(timeout=60)
-    deadline = time.monotonic() + 10
-    while any(_alive(child) for child in children) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [child for child in children if _alive(child)]
+    assert_gone(children, seconds=10)
     if signum == signal.SIGINT:
         assert process.returncode == 130, stderr
         assert (tmp_path / "run" / "checkpoint.safetensors").is_file()

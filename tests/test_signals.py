@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, dqn, launch
+from helpers import assert_gone, assert_one_line_error, descendants, dqn, launch
 
 from dqn_cli import runfiles
 from dqn_cli.errors import UserError
@@ -231,37 +231,6 @@ def _start(*args: str, cwd: Path) -> subprocess.Popen:
     return launch(*args, cwd=cwd, own_session=True)  # signals sent to its group never reach pytest
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state, ppid, ...); None once the process is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X")  # a zombie has ended
-
-
-def _descendants(pid: int) -> dict[int, str]:
-    """Every process below ``pid``, with its command line."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
-            parents[int(entry.name)] = int(fields[1])
-    found, frontier = {}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child in (p for p, pp in parents.items() if pp == parent):
-            try:
-                found[child] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            frontier.append(child)
-    return found
-
-
 def _catches(pid: int, signum: int) -> bool:
     """Whether the process has a handler for ``signum`` (Python has one for SIGINT from the start)."""
     try:
@@ -291,13 +260,6 @@ def _signal(process: subprocess.Popen, signum: int, group: bool) -> tuple[int, s
     return process.returncode, stdout, stderr
 
 
-def _assert_gone(processes: dict[int, str], seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while any(_alive(pid) for pid in processes) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [command for pid, command in processes.items() if _alive(pid)]
-
-
 def _assert_interrupted(code: int, stderr: str, signum: int, outcome: str) -> None:
     assert code == INTERRUPTED[signum], stderr
     assert stderr.splitlines() == [f"interrupted: {outcome}"]
@@ -310,13 +272,13 @@ def _assert_interrupted(code: int, stderr: str, signum: int, outcome: str) -> No
 def test_interrupted_recording_leaves_nothing(tiny_run: Path, tmp_path: Path, signum: int, group: bool):
     out = tmp_path / "clips" / "clip.mp4"
     process = _start("record", str(tiny_run), "--episodes", "100000", "--out", str(out), cwd=tmp_path)
-    _wait_for(lambda: any("ffmpeg" in c for c in _descendants(process.pid).values()), process)
-    filming = _descendants(process.pid)
+    _wait_for(lambda: any("ffmpeg" in c for c in descendants(process.pid).values()), process)
+    filming = descendants(process.pid)
     code, stdout, stderr = _signal(process, signum, group)
     _assert_interrupted(code, stderr, signum, "nothing was written")
     assert stdout == ""
     assert not (tmp_path / "clips").exists()  # no video, no temporary file, not the folder made for them
-    _assert_gone(filming)  # ffmpeg too
+    assert_gone(filming)  # ffmpeg too
 
 
 @pytest.mark.slow
@@ -333,7 +295,7 @@ def test_interrupted_evaluation_is_one_line(tiny_run: Path, tmp_path: Path, sign
 
 
 def _workers(pid: int) -> dict[int, str]:
-    return {child: command for child, command in _descendants(pid).items() if "spawn_main" in command}
+    return {child: command for child, command in descendants(pid).items() if "spawn_main" in command}
 
 
 @pytest.mark.slow
@@ -349,9 +311,9 @@ def test_stopped_bench_takes_its_workers_down(tmp_path: Path, signum: int, group
     )  # fmt: skip
     bench = tmp_path / "runs" / "bench" / "b"
     _wait_for(lambda: len(_workers(process.pid)) == 2 and any(bench.glob("*/status.json")), process)
-    below = _descendants(process.pid)  # the two workers, and multiprocessing's resource tracker
+    below = descendants(process.pid)  # the two workers, and multiprocessing's resource tracker
     code, _, stderr = _signal(process, signum, group)
-    _assert_gone(below)
+    assert_gone(below)
     if signum == signal.SIGKILL:  # the kernel ends the workers with their parent
         assert code == -signal.SIGKILL
         return
@@ -375,9 +337,9 @@ def test_stopped_tune_takes_its_workers_down(tmp_path: Path):
     )
     runs = tmp_path / "runs" / "CartPole-v1"
     _wait_for(lambda: len(_workers(process.pid)) == 2 and any(runs.glob("*/status.json")), process)
-    below = _descendants(process.pid)
+    below = descendants(process.pid)
     code, _, stderr = _signal(process, signal.SIGTERM, group=False)
-    _assert_gone(below)
+    assert_gone(below)
     _assert_interrupted(
         code, stderr, signal.SIGTERM, "finished trials are kept in the study, stopped ones are marked failed"
     )
