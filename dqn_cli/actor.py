@@ -170,7 +170,9 @@ class ActorProcess:
         self._wait_for_phase()
         self.in_flight = False
         finished = []
-        for step, episodes in self.staging.read(self.control[LENGTH]):
+        first = self.control[START_STEP]
+        for index, (step, episodes) in enumerate(self.staging.read(self.control[LENGTH])):
+            replay.set_horizon(self.hp.horizon(first + index * self.hp.n_envs))
             replay.add_step(step)
             finished.append(episodes)
         return finished

@@ -129,6 +129,16 @@ class Hyperparameters:
     double_q: bool = _hp(False, BOOL, "use Double DQN targets (van Hasselt et al. 2016)")
     dueling: bool = _hp(False, BOOL, "dueling head: Q = V + A - mean(A) (Wang et al. 2016)")
     n_step: int = _hp(1, POSITIVE_INT, "n-step returns: bootstrap after n rewards (1 = the paper's DQN)")
+    n_step_initial: int = _hp(
+        0,
+        NON_NEGATIVE_INT,
+        "n-step horizon at the start, moved linearly to n_step over n_step_fraction of n_timesteps "
+        "(long returns while values are poor, short ones later; BBF, Schwarzer et al. 2023, anneals "
+        "10 to 3); 0 = n_step throughout",
+    )
+    n_step_fraction: float = _hp(
+        0.0, UNIT_FLOAT, "fraction of n_timesteps over which the horizon moves from n_step_initial to n_step"
+    )
     prioritized_replay: bool = _hp(False, BOOL, "proportional prioritized replay (Schaul et al. 2016)")
     prioritized_replay_alpha: float = _hp(0.6, UNIT_FLOAT, "how strongly priorities skew sampling")
     prioritized_replay_beta0: float = _hp(
@@ -234,6 +244,18 @@ class Hyperparameters:
         """Prioritized replay's beta: from beta0 at the start to 1 at n_timesteps."""
         progress = min(step / self.n_timesteps, 1.0)
         return self.prioritized_replay_beta0 + progress * (1.0 - self.prioritized_replay_beta0)
+
+    def horizon(self, step: int) -> int:
+        """The n of the n-step returns that env step ``step`` starts: n_step_initial moving to n_step."""
+        if not self.n_step_initial:
+            return self.n_step
+        span = self.n_step_fraction * self.n_timesteps
+        progress = 1.0 if span <= 0 else min(step / span, 1.0)
+        return round(self.n_step_initial + progress * (self.n_step - self.n_step_initial))
+
+    @property
+    def longest_horizon(self) -> int:
+        return max(self.n_step, self.n_step_initial)
 
     def exploration_rate(self, step: int) -> float:
         """Linear epsilon schedule of Mnih et al.: decay over a fraction of training, then hold."""

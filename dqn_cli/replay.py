@@ -173,7 +173,7 @@ def frame_capacity(hp: Hyperparameters, stack: int) -> int:
     holds the oldest transitions' older stack frames, the n-step transitions still being summed, and
     room for one time-limit cut per 100 transitions (Atari cuts games at 27,000 agent steps).
     ``observations`` raises rather than return a wrong frame, should that room ever run out."""
-    return hp.buffer_size + hp.n_envs * (stack + hp.n_step + 1) + max(hp.buffer_size // 100, 64)
+    return hp.buffer_size + hp.n_envs * (stack + hp.longest_horizon + 1) + max(hp.buffer_size // 100, 64)
 
 
 # ----------------------------------------------------------------------------------------- accumulators
@@ -183,6 +183,8 @@ Transitions = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, 
 
 class OneStep(Stateless):
     """Each env step is one transition (the paper's DQN): (s, a, r, s', terminal, horizon 1)."""
+
+    n = 1
 
     def __init__(self, n_envs: int) -> None:
         self.horizons = np.ones(n_envs, dtype=np.float32)  # read only: shared by every step's transitions
@@ -197,9 +199,10 @@ class OneStep(Stateless):
 class NStepAccumulator:
     """Turns each env's stream of steps into n-step transitions (s_t, a_t, sum_k gamma^k r_t+k, s_t+h, h).
 
-    A transition leaves once n rewards are summed. When an episode ends, every pending transition leaves
-    with the rewards up to the end: after a termination it does not bootstrap; after a truncation it
-    bootstraps from the true final observation with gamma ** (steps to the end).
+    A transition leaves once n rewards are summed; when ``n`` shrinks (an annealed horizon), those
+    already past it leave at once, each with all its rewards. When an episode ends, every pending
+    transition leaves with the rewards up to the end: after a termination it does not bootstrap; after a
+    truncation it bootstraps from the true final observation with gamma ** (steps to the end).
     """
 
     def __init__(self, n: int, gamma: float, n_envs: int) -> None:
@@ -221,8 +224,8 @@ class NStepAccumulator:
             self.pending[env].append((keys[env], int(actions[env]), float(rewards[env])))
             if terminal[env] or truncated[env]:
                 self._emit(env, len(self.pending[env]), next_keys[env], bool(terminal[env]), out)
-            elif len(self.pending[env]) == self.n:
-                self._emit(env, 1, next_keys[env], False, out)
+            elif len(self.pending[env]) >= self.n:
+                self._emit(env, len(self.pending[env]) - self.n + 1, next_keys[env], False, out)
         if not out:
             return None
         keys_, actions_, returns, next_keys_, terms, horizons = zip(*out, strict=True)
@@ -441,7 +444,9 @@ class Replay:
         else:
             self.keeping = CopiedObservations(obs_shape, obs_dtype)
         self.accumulator = (
-            NStepAccumulator(hp.n_step, hp.gamma, hp.n_envs) if hp.n_step > 1 else OneStep(hp.n_envs)
+            NStepAccumulator(hp.horizon(0), hp.gamma, hp.n_envs)
+            if hp.longest_horizon > 1
+            else OneStep(hp.n_envs)
         )
         self.storage = TransitionStorage(hp.buffer_size, self.keeping.key_shape, self.keeping.key_dtype)
         self.sampler: UniformSampler | PrioritizedSampler = (
@@ -458,6 +463,12 @@ class Replay:
         """Every env begins a new episode at ``obs`` (a reset): nothing pending carries over."""
         self.current = self.keeping.start(obs)
         self.accumulator.clear()
+
+    def set_horizon(self, n: int) -> None:
+        """The n of the n-step returns of the steps added from now on (``Hyperparameters.horizon``)."""
+        if n > 1 and isinstance(self.accumulator, OneStep):
+            raise ValueError(f"a one-step replay cannot make {n}-step returns")
+        self.accumulator.n = n
 
     def add_step(self, step: EnvStep) -> None:
         """Store what one vector step taught: a transition per env, or, with n-step returns, those whose

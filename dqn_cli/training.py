@@ -393,6 +393,7 @@ class Trainer:
         actions = training_actions(
             self.agent.online, self.rollout.obs, s.step, self.hp, self.n_actions, rng, self.device
         )
+        self.replay.set_horizon(self.hp.horizon(s.step))
         self.rollout.send(actions)
         if while_stepping is not None:
             while_stepping()

@@ -74,6 +74,22 @@ def test_updates_see_the_replay_of_a_sequential_loop(monkeypatch, tmp_path: Path
     assert seen["actor"] == seen["plain"] == list(range(204, 601, 4))
 
 
+def test_each_step_gets_the_n_step_horizon_of_a_sequential_loop(monkeypatch, tmp_path: Path):
+    seen: dict[str, list[int]] = {}
+    set_horizon = Replay.set_horizon
+
+    def recording(self, n: int) -> None:
+        seen.setdefault(current, []).append(n)
+        set_horizon(self, n)
+
+    monkeypatch.setattr(Replay, "set_horizon", recording)
+    annealed = ["n_step=2", "n_step_initial=7", "n_step_fraction=0.5"]
+    for current in ("plain", "actor"):
+        _train(tmp_path, current, *annealed, *(["actor_process=true"] if current == "actor" else []))
+    assert seen["actor"] == seen["plain"]
+    assert seen["plain"][0] == 7 and seen["plain"][-1] == 2 and len(seen["plain"]) == 600
+
+
 def test_same_seed_same_run_and_acting_is_one_phase_behind(tmp_path: Path):
     first = _train(tmp_path, "a", "actor_process=true")
     again = _train(tmp_path, "b", "actor_process=true")

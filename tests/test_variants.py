@@ -90,6 +90,55 @@ def test_n_step_keeps_vector_env_episodes_apart():
     assert second[3].tolist() == [[2.0]] and second[5].tolist() == [2.0]
 
 
+def test_a_shrinking_horizon_lets_the_steps_past_it_leave_at_once_with_all_their_rewards():
+    acc = NStepAccumulator(n=4, gamma=GAMMA, n_envs=1)
+    no = np.array([False])
+
+    def add(t: int):
+        return acc.add(
+            np.array([[float(t)]]), np.array([t]), np.array([1.0]), np.array([[float(t + 1)]]), no, no
+        )
+
+    assert [add(t) for t in range(3)] == [None, None, None]  # three of four rewards so far
+    acc.n = 2
+    ready = add(3)
+    # obs 0 and 1 leave with 4 and 3 rewards, obs 2 with the new horizon's 2, all bootstrapping from obs 4
+    assert ready[0].ravel().tolist() == [0.0, 1.0, 2.0] and ready[3].ravel().tolist() == [4.0] * 3
+    assert ready[2].tolist() == [1.875, 1.75, 1.5] and ready[5].tolist() == [4.0, 3.0, 2.0]
+    assert add(4)[0].ravel().tolist() == [3.0]  # then one transition per step, as with n = 2 throughout
+    acc.n = 3
+    assert add(5) is None and add(6)[0].ravel().tolist() == [4.0]  # a growing horizon waits longer
+
+
+def test_the_horizon_moves_linearly_from_n_step_initial_to_n_step():
+    from dqn_cli.hyperparameters import Hyperparameters, apply_overrides
+
+    hp = apply_overrides(
+        Hyperparameters(),
+        {"n_timesteps": 1000, "n_step": 3, "n_step_initial": 10, "n_step_fraction": 0.5},
+    )
+    assert [hp.horizon(step) for step in (0, 250, 500, 900)] == [10, 6, 3, 3]
+    assert hp.longest_horizon == 10
+    fixed = apply_overrides(hp, {"n_step_initial": 0})
+    assert {fixed.horizon(step) for step in (0, 500, 1000)} == {3} and fixed.longest_horizon == 3
+    at_once = apply_overrides(hp, {"n_step_fraction": 0.0})
+    assert at_once.horizon(0) == 3
+
+
+def test_training_stores_the_horizon_of_the_step_each_transition_started(tmp_path: Path):
+    """A run whose horizon falls from 5 to 1 over its first half: its replay, as the checkpoint holds
+    it, has long returns from the early steps and one-step ones from the second half."""
+    _, hp = resolve(
+        "CartPole-v1",
+        sets=[*TINY, "n_envs=1", "n_step=1", "n_step_initial=5", "n_step_fraction=0.5", "eval_freq=0"],
+    )
+    train("CartPole-v1", hp, seed=0, run_dir=tmp_path / "run", device="cpu", quiet=True)
+    horizons = load_file(tmp_path / "run" / "checkpoint.safetensors")["replay/storage/horizons"]
+    assert len(horizons) == 2000
+    assert horizons[:100].max() == 5 and horizons[1100:].max() == 1
+    assert set(horizons[:1000].tolist()) == {1.0, 2.0, 3.0, 4.0, 5.0}  # episode ends cut some short
+
+
 def test_n_step_td_target_discounts_by_gamma_to_the_horizon():
     from dqn_cli.agent import DQNAgent, bootstrap_discounts
     from dqn_cli.hyperparameters import Hyperparameters, apply_overrides
@@ -196,6 +245,7 @@ def test_sum_tree_set_with_no_indices_changes_nothing():
 VARIANTS = [
     "dueling=true",
     "n_step=3",
+    "n_step=2;n_step_initial=6;n_step_fraction=0.75",
     "prioritized_replay=true",
     "overlap_emulation=true",
     "actor_process=true",
