@@ -242,16 +242,14 @@ class Hyperparameters:
 
     def importance_exponent(self, step: int) -> float:
         """Prioritized replay's beta: from beta0 at the start to 1 at n_timesteps."""
-        progress = min(step / self.n_timesteps, 1.0)
-        return self.prioritized_replay_beta0 + progress * (1.0 - self.prioritized_replay_beta0)
+        return _linear(self.prioritized_replay_beta0, 1.0, step, self.n_timesteps)
 
     def horizon(self, step: int) -> int:
         """The n of the n-step returns that env step ``step`` starts: n_step_initial moving to n_step."""
         if not self.n_step_initial:
             return self.n_step
         span = self.n_step_fraction * self.n_timesteps
-        progress = 1.0 if span <= 0 else min(step / span, 1.0)
-        return round(self.n_step_initial + progress * (self.n_step - self.n_step_initial))
+        return round(_linear(self.n_step_initial, self.n_step, step, span))
 
     @property
     def longest_horizon(self) -> int:
@@ -259,11 +257,14 @@ class Hyperparameters:
 
     def exploration_rate(self, step: int) -> float:
         """Linear epsilon schedule of Mnih et al.: decay over a fraction of training, then hold."""
-        decay_steps = self.exploration_fraction * self.n_timesteps
-        progress = 1.0 if decay_steps <= 0 else min(step / decay_steps, 1.0)
-        return self.exploration_initial_eps + progress * (
-            self.exploration_final_eps - self.exploration_initial_eps
-        )
+        span = self.exploration_fraction * self.n_timesteps
+        return _linear(self.exploration_initial_eps, self.exploration_final_eps, step, span)
+
+
+def _linear(start: float, end: float, step: int, span: float) -> float:
+    """``start`` moving linearly to ``end`` over the first ``span`` env steps, then held (at once if 0)."""
+    progress = 1.0 if span <= 0 else min(step / span, 1.0)
+    return start + progress * (end - start)
 
 
 _RULES: dict[str, Rule] = {f.name: f.metadata["rule"] for f in fields(Hyperparameters)}
