@@ -182,7 +182,7 @@ def _replay_that_fits(hp: Hyperparameters, obs_shape: tuple[int, ...], obs_dtype
     try:
         replay = Replay(hp, obs_shape, obs_dtype, rng)
         needed = f"{replay.allocated_bytes() / 1e9:.1f} GB"
-    except MemoryError:  # so large that even mapping it was refused
+    except (MemoryError, ValueError):  # so large that mapping it was refused, or its size overflows numpy's
         replay, needed = None, "more than this machine has"
     if replay is None or (available is not None and replay.allocated_bytes() > available):
         free = "" if available is None else f", and {available / 1e9:.1f} GB of memory is available"

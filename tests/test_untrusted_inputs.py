@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import tomli_w
 from helpers import assert_one_line_error, dqn
@@ -349,6 +350,15 @@ def test_the_network_check_counts_weights_five_times_and_a_batch_six_times(monke
     monkeypatch.setattr(training, "available_memory", lambda: 3_230_471)
     with pytest.raises(UserError, match=r"needs 0\.0 GB"):
         training._check_network_fits(spec, 128, cpu)
+
+
+@pytest.mark.parametrize("buffer_size", [2**40, 2**59, 2**63 - 1])
+def test_a_replay_beyond_any_memory_is_one_line(buffer_size: int):
+    """Sizes whose bytes overflow numpy's index type (2**59 transitions of 40 bytes and more) are refused
+    as ones merely larger than memory are, not as a bug."""
+    _, hp = resolve("CartPole-v1", sets=[f"buffer_size={buffer_size}"])
+    with pytest.raises(UserError, match=f"a replay buffer of {buffer_size:,} transitions needs"):
+        training._replay_that_fits(hp, (4,), np.dtype(np.float32), np.random.default_rng(0))
 
 
 # ------------------------------------------------------------------------------------- format versions
