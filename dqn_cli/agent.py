@@ -184,6 +184,10 @@ class DQNAgent:
         td_errors = None if batch.weights is None else (targets - q_taken).detach().cpu().numpy()
         return loss.detach(), td_errors
 
+    def set_learning_rate(self, rate: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
+
     def update_target(self) -> None:
         """theta_target <- tau * theta_online + (1 - tau) * theta_target; tau = 1 is the paper's hard copy."""
         with torch.no_grad():

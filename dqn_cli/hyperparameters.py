@@ -84,6 +84,7 @@ def _hp(default: Any, rule: Rule, doc: str) -> Any:
 POSITIVE_INT = Rule(int, _positive, "an integer > 0")
 NON_NEGATIVE_INT = Rule(int, _non_negative, "an integer >= 0")
 POSITIVE_FLOAT = Rule(float, _positive, "a number > 0")
+NON_NEGATIVE_FLOAT = Rule(float, _non_negative, "a number >= 0")
 UNIT_FLOAT = Rule(float, _unit_interval, "a number in [0, 1]")
 BOOL = Rule(bool, describe="true or false")
 
@@ -93,7 +94,19 @@ class Hyperparameters:
     """Everything that shapes learning. Defaults are Stable-Baselines3's DQN defaults unless noted."""
 
     n_timesteps: int = _hp(100_000, POSITIVE_INT, "total environment steps to train for")
-    learning_rate: float = _hp(1e-4, POSITIVE_FLOAT, "Adam step size")
+    learning_rate: float = _hp(1e-4, POSITIVE_FLOAT, "Adam step size (at the start, if it is scheduled)")
+    learning_rate_final: float = _hp(
+        0.0,
+        NON_NEGATIVE_FLOAT,
+        "Adam's step size after learning_rate_fraction of n_timesteps (RL Zoo's lin_ schedules end at 0)",
+    )
+    learning_rate_fraction: float = _hp(
+        0.0,
+        UNIT_FLOAT,
+        "fraction of n_timesteps over which the step size moves linearly from learning_rate to "
+        "learning_rate_final, then holds (smaller steps late, once there is less to learn and more to "
+        "keep); 0 = learning_rate throughout",
+    )
     adam_eps: float = _hp(
         1e-8,
         POSITIVE_FLOAT,
@@ -239,6 +252,13 @@ class Hyperparameters:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def learning_rate_at(self, step: int) -> float:
+        """Adam's step size for the updates due at env step ``step``."""
+        if not self.learning_rate_fraction:
+            return self.learning_rate
+        span = self.learning_rate_fraction * self.n_timesteps
+        return _linear(self.learning_rate, self.learning_rate_final, step, span)
 
     def importance_exponent(self, step: int) -> float:
         """Prioritized replay's beta: from beta0 at the start to 1 at n_timesteps."""

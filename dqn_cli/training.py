@@ -408,6 +408,7 @@ class Trainer:
         if updates == 0 or len(self.replay) == 0:
             return
         beta = self.hp.importance_exponent(step)
+        self.agent.set_learning_rate(self.hp.learning_rate_at(step))
         for _ in range(updates):
             batch = self.replay.sample(self.hp.batch_size, beta)
             loss, td_errors = self.agent.update(batch)

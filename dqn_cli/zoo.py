@@ -8,6 +8,8 @@ settings; most mean the same here, and ``convert_entry`` converts the rest:
 - ``train_freq`` counts vector steps (calls of ``env.step``) in SB3 and env steps here, so it is multiplied
   by the entry's ``n_envs``: SB3's ``train_freq=4`` with ``n_envs=8`` trains once per 32 env steps.
   ``gradient_steps = -1`` (one update per env step collected) means the same in both.
+- ``learning_rate: lin_X`` is RL Zoo's linear schedule, X falling to 0 at n_timesteps: here
+  ``learning_rate = X``, ``learning_rate_final = 0``, ``learning_rate_fraction = 1``.
 - ``policy_kwargs`` is a string of Python that RL Zoo passes to ``eval``. Here it is parsed with ``ast``
   and only ``dict(...)`` (or ``{...}``) of plain values is accepted: reading a file never runs code from it.
   Names such as ``nn.ReLU`` are read as names, never looked up.
@@ -26,6 +28,7 @@ are named in ``ZooEntry.ignored``, for one warning line.
 from __future__ import annotations
 
 import ast
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,7 +133,9 @@ def convert_entry(entry: dict[Any, Any], atari: bool) -> tuple[dict[str, Any], l
     settings["train_freq"] = SB3_TRAIN_FREQ * n_envs
     layers = None
     for key, value in entry.items():
-        if key in SAME_MEANING:
+        if key == "learning_rate" and isinstance(value, str) and value.startswith("lin_"):
+            settings.update(_linear_learning_rate(value))
+        elif key in SAME_MEANING:
             settings[key] = _number(key, value)
         elif key == "train_freq":
             settings["train_freq"] = _steps_per_training(value) * n_envs
@@ -178,8 +183,6 @@ def _number(key: str, value: Any) -> Any:
     """``value`` as written, which the schema checks, except text that YAML did not read as a number."""
     if not isinstance(value, str):
         return value
-    if key == "learning_rate" and value.startswith("lin_"):
-        raise UserError(f"learning_rate {value!r} is a linear schedule; dqn's learning rate is constant")
     try:
         float(value)
     except ValueError:
@@ -188,6 +191,17 @@ def _number(key: str, value: Any) -> Any:
         f"{key} is the text {value!r}: YAML reads a number with an exponent but no '.' as text; "
         f"write !!float {value}"
     )
+
+
+def _linear_learning_rate(value: str) -> dict[str, Any]:
+    """RL Zoo's ``lin_X``: SB3's linear schedule, X at the start down to 0 at n_timesteps."""
+    try:
+        start = float(value.removeprefix("lin_"))
+    except ValueError:
+        start = math.nan
+    if not (math.isfinite(start) and start > 0):
+        raise UserError(f"invalid value for learning_rate: {value!r} (expected lin_ and a number > 0)")
+    return {"learning_rate": start, "learning_rate_final": 0.0, "learning_rate_fraction": 1.0}
 
 
 def _whole_number(key: str, value: Any) -> int:

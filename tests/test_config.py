@@ -113,3 +113,22 @@ def test_linear_exploration_schedule():
     assert hp.exploration_rate(250) == pytest.approx(0.55)
     assert hp.exploration_rate(500) == pytest.approx(0.1)
     assert hp.exploration_rate(900) == pytest.approx(0.1)
+
+
+def test_linear_learning_rate_schedule():
+    hp = apply_overrides(
+        Hyperparameters(),
+        {
+            "n_timesteps": 1000,
+            "learning_rate": 1e-3,
+            "learning_rate_final": 1e-4,
+            "learning_rate_fraction": 0.5,
+        },
+    )
+    assert [hp.learning_rate_at(step) for step in (0, 250, 500, 900)] == pytest.approx(
+        [1e-3, 5.5e-4, 1e-4, 1e-4]
+    )
+    constant = apply_overrides(hp, {"learning_rate_fraction": 0.0})  # the final value is not used then
+    assert {constant.learning_rate_at(step) for step in (0, 500, 1000)} == {1e-3}
+    with pytest.raises(UserError, match="learning_rate_final: -1"):
+        apply_overrides(hp, {"learning_rate_final": -1})

@@ -108,3 +108,25 @@ def test_resuming_prioritized_replay_with_nothing_stored_yet(tmp_path: Path):
     train("CartPole-v1", hp, seed=0, run_dir=tmp_path / "run", device="cpu", quiet=True)
     result, exact = resume(tmp_path / "run", steps=200, device="cpu", quiet=True)
     assert exact and result.steps == 200 and result.updates > 0
+
+
+def test_each_update_takes_the_scheduled_learning_rate(tmp_path: Path, monkeypatch):
+    """Adam's step at every gradient step of a real run is the schedule's value at the env step those
+    updates are due: 1e-3 falling to 1e-4 over the first half of 1,000 steps, one update per 4 steps."""
+    from dqn_cli.agent import DQNAgent
+
+    used: list[float] = []
+    update = DQNAgent.update
+
+    def recording_update(agent: DQNAgent, batch):
+        used.append(agent.optimizer.param_groups[0]["lr"])
+        return update(agent, batch)
+
+    monkeypatch.setattr(DQNAgent, "update", recording_update)
+    sets = ["n_timesteps=1000", "n_envs=1", "train_freq=4", "gradient_steps=1", "learning_starts=200"]
+    schedule = ["learning_rate=1e-3", "learning_rate_final=1e-4", "learning_rate_fraction=0.5"]
+    _, hp = resolve("CartPole-v1", sets=[*sets, *schedule, "batch_size=4", "net_arch=[4]", "eval_freq=0"])
+    train("CartPole-v1", hp, seed=0, run_dir=tmp_path / "run", device="cpu", quiet=True)
+    due_at = range(204, 1001, 4)  # after learning_starts, every train_freq env steps
+    assert used == pytest.approx([hp.learning_rate_at(step) for step in due_at])
+    assert used[0] == pytest.approx(1e-3 - 204 / 500 * 9e-4) and used[-1] == pytest.approx(1e-4)

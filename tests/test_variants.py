@@ -246,6 +246,7 @@ VARIANTS = [
     "dueling=true",
     "n_step=3",
     "n_step=2;n_step_initial=6;n_step_fraction=0.75",
+    "learning_rate=1e-3;learning_rate_final=1e-5;learning_rate_fraction=0.75",
     "prioritized_replay=true",
     "overlap_emulation=true",
     "actor_process=true",

@@ -243,6 +243,14 @@ atari:
     assert entry.ignored == ["policy_kwargs.optimizer_kwargs.weight_decay"]
 
 
+def test_a_linear_learning_rate_is_sb3s_linear_schedule(tmp_path: Path):
+    """``lin_1e-3``: 1e-3 at the start, falling to 0 at n_timesteps, as SB3 runs RL Zoo's schedules."""
+    zoo_file = tmp_path / "zoo.yml"
+    zoo_file.write_text("CartPole-v1:\n  n_timesteps: !!float 1e4\n  learning_rate: lin_1e-3\n")
+    _, hp = resolve("CartPole-v1", zoo_file)
+    assert [hp.learning_rate_at(step) for step in (0, 2_500, 10_000)] == pytest.approx([1e-3, 7.5e-4, 0.0])
+
+
 @pytest.mark.slow
 def test_cli_shows_the_warning_as_one_line_and_trains(tmp_path: Path):
     zoo_file = tmp_path / "zoo.yaml"
@@ -388,7 +396,9 @@ def test_malicious_policy_kwargs_through_the_cli_is_one_line_and_creates_nothing
         ("- CartPole-v1\n", "CartPole-v1", "expected env ids mapped to tables"),
         ("CartPole-v1:\n  gamma: [0.9\n", "CartPole-v1", "not valid YAML"),
         ("CartPole-v1:\n  learning_rate: 1e-3\n", "CartPole-v1", "write !!float 1e-3"),
-        ("CartPole-v1:\n  learning_rate: lin_1e-3\n", "CartPole-v1", "is a linear schedule"),
+        ("CartPole-v1:\n  learning_rate: lin_fast\n", "CartPole-v1", "expected lin_ and a number > 0"),
+        ("CartPole-v1:\n  learning_rate: lin_-1e-3\n", "CartPole-v1", "expected lin_ and a number > 0"),
+        ("CartPole-v1:\n  learning_rate: lin_nan\n", "CartPole-v1", "expected lin_ and a number > 0"),
         (
             "CartPole-v1:\n  policy_kwargs: dict(net_arch=dict(pi=[64], qf=[64]))\n",
             "CartPole-v1",
