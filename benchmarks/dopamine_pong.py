@@ -2,7 +2,7 @@
 return of training episodes in each window of 1M frames (250k agent steps at frame skip 4).
 
     python benchmarks/dopamine_pong.py --dopamine pong.json \
-        --run "E-like: preset, seed 1"=runs/explore/pong-M/metrics.csv ...
+        --run "M: replay 400k, seed 1"=runs/explore/pong-M-buf400k-s1/metrics.csv ...
 
 ``pong.json`` is google/dopamine's baselines/atari/data/pong.json (5 seeds per agent, training returns
 per iteration of 1M frames, sticky actions, training epsilon 0.01); the benchmark reads a copy the user
@@ -24,12 +24,15 @@ from results import append_results
 STEPS_PER_ITERATION = 250_000  # Dopamine's iteration: 1M frames at frame skip 4
 
 
-def dopamine_means(path: Path) -> dict[str, list[float]]:
-    """Each agent's mean over its seeds, per iteration."""
+def dopamine_means(path: Path) -> dict[str, tuple[list[float], int]]:
+    """Each agent's mean over its seeds per iteration, and how many seeds it has."""
     values: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in json.loads(path.read_text()):
         values[row["Agent"]][int(row["Iteration"])].append(float(row["Value"]))
-    return {agent: [statistics.fmean(by[i]) for i in sorted(by)] for agent, by in values.items()}
+    return {
+        agent: ([statistics.fmean(by[i]) for i in sorted(by)], len(by[min(by)]))
+        for agent, by in values.items()
+    }
 
 
 def training_means(path: Path) -> tuple[list[float | None], int]:
@@ -46,8 +49,13 @@ def training_means(path: Path) -> tuple[list[float | None], int]:
     return [statistics.fmean(windows[i]) if windows[i] else None for i in range(count)], last_step
 
 
-def table(dopamine: dict[str, list[float]], runs: dict[str, Path], iterations: int) -> list[str]:
-    header = [f"{i * 250}k-{(i + 1) * 250}k" for i in range(iterations)]
+def window(iteration: int) -> str:
+    """The agent steps an iteration spans, as a column heading."""
+    return f"{iteration * STEPS_PER_ITERATION // 1000}k-{(iteration + 1) * STEPS_PER_ITERATION // 1000}k"
+
+
+def table(dopamine: dict[str, tuple[list[float], int]], runs: dict[str, Path], iterations: int) -> list[str]:
+    header = [window(i) for i in range(iterations)]
     lines = [
         "| agent | " + " | ".join(header) + " | first window with mean >= 18 |",
         "| --- | " + " | ".join("---" for _ in header) + " | --- |",
@@ -57,21 +65,21 @@ def table(dopamine: dict[str, list[float]], runs: dict[str, Path], iterations: i
         cells = ["" if i >= len(means) or means[i] is None else f"{means[i]:+.1f}" for i in range(iterations)]
         if len(means) <= iterations and last_step % STEPS_PER_ITERATION:
             cells[len(means) - 1] += f" (to {last_step // 1000}k)"
-        found = [value if value is not None else float("-inf") for value in means]
-        lines.append(f"| dqn {label} | " + " | ".join(cells) + f" | {reached(found, last_step)} |")
-    for agent, means in dopamine.items():
+        lines.append(f"| dqn {label} | " + " | ".join(cells) + f" | {reached(means, last_step)} |")
+    for agent, (means, seeds) in dopamine.items():
         cells = [f"{means[i]:+.1f}" for i in range(iterations)]
         last_step = len(means) * STEPS_PER_ITERATION
-        label = f"Dopamine {agent} (5 seeds)"
+        label = f"Dopamine {agent} ({seeds} seeds)"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {reached(means, last_step)} |")
     return lines
 
 
-def reached(means: list[float], last_step: int, score: float = 18.0) -> str:
-    first = next((i for i, value in enumerate(means) if value >= score), None)
+def reached(means: list[float | None], last_step: int, score: float = 18.0) -> str:
+    """The first window whose mean is at least ``score``; a window with no episodes has no mean."""
+    first = next((i for i, value in enumerate(means) if value is not None and value >= score), None)
     if first is None:
         return f"not within {last_step // 1000}k"
-    return f"{first * 250}k-{(first + 1) * 250}k"
+    return window(first)
 
 
 def main() -> None:
