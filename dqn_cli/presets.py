@@ -111,7 +111,7 @@ def resolve(
     shipped one, by name) or else the env id's own, then ``config_file``, ``sets`` and, key by key,
     ``env_kwargs`` (``--env-kwargs key=value``). Once they are valid, ``warn`` gets the warnings reading
     ``config_file`` gave, one line each, for the caller to show."""
-    preset = preset or preset_name_for(env_id)
+    preset = preset_name_for(env_id) if preset is None else preset
     hp = apply_overrides(Hyperparameters(), load_preset(preset))
     notes: list[str] = []
     if config_file is not None:

@@ -71,6 +71,8 @@ def test_presets_keys_still_lists_the_hyperparameters(tmp_path: Path):
         (["presets", "atari-gpu"], ["no preset named 'atari-gpu'", "did you mean 'atari-cpu'?"]),
         (["presets", "atari", "--keys"], ["NAME or --keys"]),
         (["train", "--resume", "--preset", "atari-cpu"], ["--resume", "--preset"]),
+        # An empty name is a name, not "no --preset": refused, not the env id's preset.
+        (["train", "CartPole-v1", "--preset", ""], ["no preset named ''", "available:"]),
     ],
 )
 def test_refusals_without_training_are_one_line(tmp_path: Path, args: list[str], fragments: list[str]):
